@@ -1,0 +1,100 @@
+"""The `road-ds` command: one subcommand per job; each delegates to the module that does it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from road_ds.errors import DataError
+
+
+def _features(args) -> int:
+    from road_ds.features import build_features, load_tokenizer
+    from road_ds.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe)
+    tokenizer = load_tokenizer(recipe.model.tokenizer_path)
+    names = args.dataset or [d.name for d in recipe.datasets]
+    rows = []
+    for name in names:
+        spec = recipe.dataset(name) if name in {d.name for d in recipe.datasets} else None
+        if spec is None:
+            raise DataError(args.recipe, f"no dataset '{name}' (the recipe has: {', '.join(d.name for d in recipe.datasets)})", field="datasets")
+        for split in args.split or list(spec.files):
+            ft = build_features(recipe, name, split, tokenizer=tokenizer, force=args.force, log=print)
+            rt = ft.meta.get("span_roundtrip")
+            rows.append(
+                {
+                    "dataset": name,
+                    "split": split,
+                    "task": spec.task,
+                    "head": spec.head_name,
+                    "examples": ft.meta["examples"],
+                    "features": ft.meta["features"],
+                    "fingerprint": ft.fingerprint,
+                    "cache": "hit" if ft.cache_hit else "built",
+                    "span_roundtrip": f"{rt['roundtrip_ok']}/{rt['answerable']} ({100 * rt['roundtrip_rate']:.2f}%)" if rt else "",
+                    "path": str(ft.path),
+                }
+            )
+            if rt and args.show_misses:
+                for m in ft.meta["span_misses"]:
+                    print(f"  miss {name}/{split} {m['id']}: gold {m['gold']!r} decoded {m['decoded']!r}")
+    if args.json:
+        print(json.dumps(rows, indent=1))
+    else:
+        cols = ["dataset", "split", "task", "head", "examples", "features", "cache", "span_roundtrip", "fingerprint"]
+        widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
+        print("  ".join(c.ljust(widths[c]) for c in cols))
+        for r in rows:
+            print("  ".join(str(r[c]).ljust(widths[c]) for c in cols))
+    return 0
+
+
+def _squad_eval(args) -> int:
+    from road_ds import squad_eval
+
+    return squad_eval.main(args.rest)
+
+
+def _data(args) -> int:
+    from road_ds import data_kit
+
+    return data_kit.main(args.rest)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="road-ds", description="ROaD training on DeepSpeed: data, features, teachers, students, metrics.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("data", help="the real data kit: `road-ds data fetch` downloads and prepares it", add_help=False)
+    d.add_argument("rest", nargs=argparse.REMAINDER)
+    d.set_defaults(func=_data)
+
+    f = sub.add_parser("features", help="build (or find in the cache) the feature tables of a recipe")
+    f.add_argument("recipe")
+    f.add_argument("--dataset", action="append", help="only this dataset (repeatable)")
+    f.add_argument("--split", action="append", help="only this split (repeatable)")
+    f.add_argument("--force", action="store_true", help="rebuild even when the cache has them")
+    f.add_argument("--show-misses", action="store_true", help="list QA answers whose span labels do not round-trip")
+    f.add_argument("--json", action="store_true", help="print the summary as JSON")
+    f.set_defaults(func=_features)
+
+    s = sub.add_parser("squad-eval", help="official SQuAD 2.0 scoring: DATA.json PRED.json [--na-prob-file NA.json]", add_help=False)
+    s.add_argument("rest", nargs=argparse.REMAINDER)
+    s.set_defaults(func=_squad_eval)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except DataError as e:
+        print(f"road-ds {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

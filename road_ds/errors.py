@@ -1,0 +1,28 @@
+"""One error type for bad input, so every message names the file, the row and the field."""
+
+from __future__ import annotations
+
+
+class DataError(ValueError):
+    """Bad user input: a data file, a recipe or a store that cannot be used as given.
+
+    The message always says where: ``FILE: row ROW, field 'FIELD': what is wrong``.
+    """
+
+    def __init__(self, path, message: str, row=None, field: str | None = None):
+        self.path = str(path) if path is not None else None
+        self.row = row
+        self.field = field
+        self.reason = message
+        where = []
+        if self.path:
+            where.append(self.path)
+        detail = []
+        if row is not None:
+            detail.append(f"row {row}")
+        if field is not None:
+            detail.append(f"field '{field}'")
+        prefix = ": ".join(where)
+        if detail:
+            prefix = f"{prefix}: {', '.join(detail)}" if prefix else ", ".join(detail)
+        super().__init__(f"{prefix}: {message}" if prefix else message)

@@ -1,0 +1,223 @@
+"""Recipes: one YAML file that declares the model, the feature parameters and the datasets.
+
+Every field is checked before any work starts: an unknown or misspelt field, a wrong type or
+an inconsistent dataset is a `DataError` that names the recipe file and the field path.
+Paths may use environment variables; `$ROAD_DS_CACHE` defaults to `~/.cache/road_ds`, and
+relative paths are taken from the recipe file's folder.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from road_ds.errors import DataError
+from road_ds.tasks import FORMATS, TASK_TYPES
+
+DEFAULT_CACHE = "~/.cache/road_ds"
+
+
+def cache_root() -> Path:
+    """The cache folder for features, the data kit and downloads (`$ROAD_DS_CACHE`)."""
+    return Path(os.path.expanduser(os.environ.get("ROAD_DS_CACHE") or DEFAULT_CACHE))
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSpec(_Strict):
+    name_or_path: str
+    tokenizer: str | None = None  # defaults to name_or_path
+
+    @property
+    def tokenizer_path(self) -> str:
+        return self.tokenizer or self.name_or_path
+
+
+class FeatureParams(_Strict):
+    max_seq_length: int = Field(384, ge=16)
+    doc_stride: int = Field(128, ge=0)  # tokens shared by consecutive windows (HF semantics)
+    max_query_length: int = Field(64, ge=1)
+    num_proc: int = Field(1, ge=1)
+    cache_dir: str | None = None  # default: $ROAD_DS_CACHE/features
+
+
+class DatasetSpec(_Strict):
+    """A dataset: where its files are, how to read them, which task type and head it feeds."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    task: str
+    head: str | None = None  # defaults to the task type's head
+    format: str
+    files: dict[str, str | list[str]]  # split -> file(s); for `hub`, split -> hub split name
+    columns: dict[str, str] = {}  # canonical field -> column in the file
+    labels: list[str] | None = None
+    label_map: dict[str, str] = {}  # raw value in the file -> label name
+    hub_path: str | None = None  # format `hub`: the dataset name on the hub (needs the network)
+    hub_config: str | None = None
+    # SQuAD files in the wild carry a few answer_start values that are off by one or two;
+    # `nearest` moves each such answer to the nearest place its text occurs (and counts it).
+    answer_start: Literal["strict", "nearest"] = "strict"
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, v):
+        if v not in TASK_TYPES:
+            raise ValueError(f"unknown task type '{v}'; known: {', '.join(sorted(TASK_TYPES))}")
+        return v
+
+    @field_validator("format")
+    @classmethod
+    def _known_format(cls, v):
+        if v not in FORMATS:
+            raise ValueError(f"unknown format '{v}'; known: {', '.join(sorted(FORMATS))}")
+        return v
+
+    @property
+    def task_type(self):
+        return TASK_TYPES[self.task]
+
+    @property
+    def head_name(self) -> str:
+        return self.head or self.task_type.default_head
+
+    @property
+    def label_names(self) -> list[str] | None:
+        if self.task_type.kind == "span":
+            return None
+        return list(self.labels or FORMATS[self.format].labels or self.task_type.default_labels or [])
+
+    def split_files(self, split: str) -> list[str]:
+        if split not in self.files:
+            raise KeyError(split)
+        v = self.files[split]
+        return [v] if isinstance(v, str) else list(v)
+
+
+class Recipe(_Strict):
+    model: ModelSpec
+    features: FeatureParams = FeatureParams()
+    datasets: list[DatasetSpec]
+
+    def dataset(self, name: str) -> DatasetSpec:
+        for d in self.datasets:
+            if d.name == name:
+                return d
+        raise KeyError(name)
+
+
+def _expand(path: str, base: Path) -> str:
+    os.environ.setdefault("ROAD_DS_CACHE", str(cache_root()))
+    p = os.path.expanduser(os.path.expandvars(path))
+    if "://" in p or os.path.isabs(p):
+        return p
+    return str((base / p).resolve())
+
+
+def _suggest(loc: tuple, raw: dict) -> str:
+    """'did you mean' for an unknown field, from the allowed names at that place."""
+    name = str(loc[-1])
+    target = Recipe
+    for part in loc[:-1]:
+        if isinstance(part, int) or target is None:
+            continue
+        field = target.model_fields.get(part)
+        ann = field.annotation if field else None
+        inner = getattr(ann, "__args__", None)
+        target = inner[0] if inner else ann
+        if not (isinstance(target, type) and issubclass(target, BaseModel)):
+            target = None
+    if target is None:
+        return ""
+    close = difflib.get_close_matches(name, list(target.model_fields), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def parse_recipe(raw: dict, path: str | Path = "<recipe>") -> Recipe:
+    """Validate a recipe dict; paths are resolved against the recipe's folder."""
+    path = Path(path)
+    if not isinstance(raw, dict):
+        raise DataError(path, "a recipe must be a YAML mapping at the top level")
+    try:
+        recipe = Recipe.model_validate(raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field" + _suggest(err["loc"], raw)
+        more = f" (and {e.error_count() - 1} more problems)" if e.error_count() > 1 else ""
+        raise DataError(path, msg + more, field=loc) from None
+    base = path.parent if path.name != "<recipe>" else Path.cwd()
+    datasets = []
+    seen: dict[str, int] = {}
+    heads: dict[str, DatasetSpec] = {}
+    for i, d in enumerate(recipe.datasets):
+        where = f"datasets.{i}"
+        if d.name in seen:
+            raise DataError(path, f"dataset name '{d.name}' is used twice (also datasets.{seen[d.name]})", field=f"{where}.name")
+        seen[d.name] = i
+        fmt = FORMATS[d.format]
+        if d.task_type.kind not in fmt.kinds:
+            raise DataError(path, f"format '{d.format}' cannot hold a {d.task_type.kind} task ('{d.task}')", field=f"{where}.format")
+        if d.task_type.kind == "classification" and not d.label_names:
+            raise DataError(path, f"task '{d.task}' needs a list of label names", field=f"{where}.labels")
+        if d.task_type.kind == "classification" and len(set(d.label_names)) != len(d.label_names):
+            raise DataError(path, "label names repeat", field=f"{where}.labels")
+        if not d.files:
+            raise DataError(path, "no files given", field=f"{where}.files")
+        other = heads.get(d.head_name)
+        if other is not None:
+            if other.task_type.kind != d.task_type.kind or other.label_names != d.label_names:
+                raise DataError(
+                    path,
+                    f"head '{d.head_name}' is shared with dataset '{other.name}' but the tasks differ "
+                    f"({other.task}, labels {other.label_names} vs {d.task}, labels {d.label_names}); "
+                    "give this dataset its own head",
+                    field=f"{where}.head",
+                )
+        heads.setdefault(d.head_name, d)
+        if d.format != "hub":
+            files = {s: ([_expand(f, base) for f in v] if isinstance(v, list) else _expand(v, base)) for s, v in d.files.items()}
+            d = d.model_copy(update={"files": files})
+        datasets.append(d)
+    model = recipe.model.model_copy(
+        update={
+            "name_or_path": _expand(recipe.model.name_or_path, base) if _looks_local(recipe.model.name_or_path) else recipe.model.name_or_path,
+            "tokenizer": (_expand(recipe.model.tokenizer, base) if recipe.model.tokenizer and _looks_local(recipe.model.tokenizer) else recipe.model.tokenizer),
+        }
+    )
+    feats = recipe.features
+    has_span = any(d.task_type.kind == "span" for d in datasets)
+    if has_span and feats.doc_stride >= feats.max_seq_length - feats.max_query_length - 3:
+        raise DataError(path, f"doc_stride {feats.doc_stride} leaves no room for a new window with max_seq_length "
+                        f"{feats.max_seq_length} and max_query_length {feats.max_query_length}", field="features.doc_stride")
+    if feats.cache_dir:
+        feats = feats.model_copy(update={"cache_dir": _expand(feats.cache_dir, base)})
+    return recipe.model_copy(update={"datasets": datasets, "model": model, "features": feats})
+
+
+def _looks_local(name: str) -> bool:
+    """A hub model id looks like `org/name`; anything with a variable, ~, ./ or an existing path is local."""
+    return name.startswith(("$", "~", ".", "/")) or os.path.exists(name)
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise DataError(path, f"cannot read recipe: {e.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        row = mark.line + 1 if mark else None
+        raise DataError(path, f"malformed YAML: {getattr(e, 'problem', e)}", row=row) from None
+    return parse_recipe(raw, path)

@@ -1,0 +1,71 @@
+"""Shared fixtures: a tiny WordPiece tokenizer built offline, and recipe/data writers."""
+
+from __future__ import annotations
+
+import json
+import string
+from pathlib import Path
+
+import pytest
+import yaml
+
+WORDS = """the a an of in on at to is was and or for by with from as that this it its be are were has have
+who what when where which why how did does do many much year city river king war first new one two three
+paris france london england capital population people large small university school built founded""".split()
+
+
+def write_tiny_tokenizer(path: Path, extra: tuple[str, ...] = ()) -> Path:
+    """A BERT-style uncased WordPiece tokenizer that covers any ASCII text (letters fall back to ##x)."""
+    path.mkdir(parents=True, exist_ok=True)
+    chars = list(string.ascii_lowercase + string.digits + string.punctuation)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + chars + ["##" + c for c in chars] + WORDS + list(extra)
+    save_wordpiece_tokenizer(path, list(dict.fromkeys(vocab)))
+    return path
+
+
+def save_wordpiece_tokenizer(path: Path, vocab: list[str]) -> None:
+    """A BERT-style fast tokenizer from a token list, built with `tokenizers` (no hub, any transformers)."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    ids = {t: i for i, t in enumerate(vocab)}
+    tok = Tokenizer(models.WordPiece(ids, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", ids["[CLS]"]), ("[SEP]", ids["[SEP]"])]
+    )
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+    fast.save_pretrained(str(path))
+    (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_dir(tmp_path_factory) -> Path:
+    return write_tiny_tokenizer(tmp_path_factory.mktemp("tok"))
+
+
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch) -> Path:
+    """A private $ROAD_DS_CACHE, so tests never touch the user's cache."""
+    d = tmp_path / "cache"
+    monkeypatch.setenv("ROAD_DS_CACHE", str(d))
+    return d
+
+
+def write_recipe(path: Path, model: str, datasets: list[dict], **features) -> Path:
+    recipe = {"model": {"name_or_path": str(model)}, "datasets": datasets}
+    if features:
+        recipe["features"] = features
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return path
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def squad_doc(articles: list[dict], version: str = "1.1") -> dict:
+    return {"version": version, "data": articles}
