@@ -9,6 +9,11 @@ import sys
 from road_ds.errors import DataError
 
 
+def _log(msg: str) -> None:
+    """Progress goes to stderr, so stdout stays the command's result (a table or JSON)."""
+    print(msg, file=sys.stderr, flush=True)
+
+
 def _features(args) -> int:
     from road_ds.features import build_features, load_tokenizer
     from road_ds.recipe import load_recipe
@@ -22,7 +27,7 @@ def _features(args) -> int:
         if spec is None:
             raise DataError(args.recipe, f"no dataset '{name}' (the recipe has: {', '.join(d.name for d in recipe.datasets)})", field="datasets")
         for split in args.split or list(spec.files):
-            ft = build_features(recipe, name, split, tokenizer=tokenizer, force=args.force, log=print)
+            ft = build_features(recipe, name, split, tokenizer=tokenizer, force=args.force, log=_log)
             rt = ft.meta.get("span_roundtrip")
             rows.append(
                 {
@@ -41,6 +46,8 @@ def _features(args) -> int:
             if rt and args.show_misses:
                 for m in ft.meta["span_misses"]:
                     print(f"  miss {name}/{split} {m['id']}: gold {m['gold']!r} decoded {m['decoded']!r}")
+            if rt and args.oracle_predictions:
+                _write_oracle(ft, args.oracle_predictions)
     if args.json:
         print(json.dumps(rows, indent=1))
     else:
@@ -50,6 +57,23 @@ def _features(args) -> int:
         for r in rows:
             print("  ".join(str(r[c]).ljust(widths[c]) for c in cols))
     return 0
+
+
+def _write_oracle(ft, out_dir) -> None:
+    """Decode the gold span labels like model logits; write SQuAD-format predictions and na-probs."""
+    from pathlib import Path
+
+    from road_ds.atomic import write_json
+    from road_ds.features import gold_span_logits
+    from road_ds.qa_decoding import postprocess_qa_predictions
+
+    starts, ends = gold_span_logits(ft.table)
+    version_2 = any(not a["text"] for a in ft.examples["answers"])
+    pred = postprocess_qa_predictions(ft.examples, ft.table, starts, ends, version_2_with_negative=version_2)
+    stem = Path(out_dir) / f"{ft.spec.name}-{ft.split}"
+    write_json(f"{stem}-predictions.json", pred.predictions)
+    write_json(f"{stem}-na_probs.json", pred.na_probs)
+    _log(f"oracle predictions: {stem}-predictions.json, {stem}-na_probs.json")
 
 
 def _squad_eval(args) -> int:
@@ -79,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--force", action="store_true", help="rebuild even when the cache has them")
     f.add_argument("--show-misses", action="store_true", help="list QA answers whose span labels do not round-trip")
     f.add_argument("--json", action="store_true", help="print the summary as JSON")
+    f.add_argument("--oracle-predictions", metavar="DIR",
+                   help="QA: decode the gold span labels as if they were model logits and write SQuAD-format "
+                        "predictions and na-probs to DIR (the ceiling that windows and tokenization leave)")
     f.set_defaults(func=_features)
 
     s = sub.add_parser("squad-eval", help="official SQuAD 2.0 scoring: DATA.json PRED.json [--na-prob-file NA.json]", add_help=False)
@@ -88,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    import datasets
+
+    datasets.disable_progress_bars()  # each job prints its own one-line summaries
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

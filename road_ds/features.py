@@ -279,6 +279,23 @@ def span_stats(table: datasets.Dataset, examples: datasets.Dataset) -> dict:
     }
 
 
+def gold_span_logits(table: datasets.Dataset, peak: float = 10.0) -> tuple[list, list]:
+    """Start/end logits that put all weight on each feature's gold labels ([CLS] when no answer).
+
+    Decoded and scored like a model's output, they give the ceiling that tokenization, windows
+    and span decoding leave for a perfect model (the "oracle" row of a results table).
+    """
+    starts, ends = [], []
+    for row in table.select_columns(["input_ids", "start_positions", "end_positions"]):
+        s = np.zeros(len(row["input_ids"]), dtype=np.float32)
+        e = np.zeros_like(s)
+        s[row["start_positions"]] = peak
+        e[row["end_positions"]] = peak
+        starts.append(s)
+        ends.append(e)
+    return starts, ends
+
+
 # ---------------------------------------------------------------------------- cache
 
 
@@ -293,7 +310,7 @@ def build_features(recipe: Recipe, name: str, split: str, tokenizer=None, force:
     except KeyError:
         raise DataError(None, f"no dataset '{name}' in the recipe (it has: {', '.join(d.name for d in recipe.datasets)})") from None
     tokenizer = tokenizer or load_tokenizer(recipe.model.tokenizer_path)
-    params = recipe.features
+    params = spec.feature_params(recipe.features)
     fp = fingerprint(spec, split, tokenizer_hash(tokenizer), params)
     final = feature_cache_dir(params) / spec.name / split / fp
     if (final / "meta.json").exists() and not force:

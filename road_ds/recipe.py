@@ -64,6 +64,7 @@ class DatasetSpec(_Strict):
     # SQuAD files in the wild carry a few answer_start values that are off by one or two;
     # `nearest` moves each such answer to the nearest place its text occurs (and counts it).
     answer_start: Literal["strict", "nearest"] = "strict"
+    max_seq_length: int | None = Field(None, ge=16)  # this dataset's own length; default features.max_seq_length
 
     @field_validator("task")
     @classmethod
@@ -92,6 +93,10 @@ class DatasetSpec(_Strict):
         if self.task_type.kind == "span":
             return None
         return list(self.labels or FORMATS[self.format].labels or self.task_type.default_labels or [])
+
+    def feature_params(self, params: FeatureParams) -> FeatureParams:
+        """The recipe's feature parameters with this dataset's own overrides applied."""
+        return params.model_copy(update={"max_seq_length": self.max_seq_length}) if self.max_seq_length else params
 
     def split_files(self, split: str) -> list[str]:
         if split not in self.files:
@@ -194,10 +199,11 @@ def parse_recipe(raw: dict, path: str | Path = "<recipe>") -> Recipe:
         }
     )
     feats = recipe.features
-    has_span = any(d.task_type.kind == "span" for d in datasets)
-    if has_span and feats.doc_stride >= feats.max_seq_length - feats.max_query_length - 3:
-        raise DataError(path, f"doc_stride {feats.doc_stride} leaves no room for a new window with max_seq_length "
-                        f"{feats.max_seq_length} and max_query_length {feats.max_query_length}", field="features.doc_stride")
+    for i, d in enumerate(datasets):
+        p = d.feature_params(feats)
+        if d.task_type.kind == "span" and p.doc_stride >= p.max_seq_length - p.max_query_length - 3:
+            raise DataError(path, f"doc_stride {p.doc_stride} leaves no room for a new window with max_seq_length "
+                            f"{p.max_seq_length} and max_query_length {p.max_query_length} (dataset '{d.name}')", field="features.doc_stride")
     if feats.cache_dir:
         feats = feats.model_copy(update={"cache_dir": _expand(feats.cache_dir, base)})
     return recipe.model_copy(update={"datasets": datasets, "model": model, "features": feats})

@@ -69,3 +69,18 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 def squad_doc(articles: list[dict], version: str = "1.1") -> dict:
     return {"version": version, "data": articles}
+
+
+@pytest.fixture(scope="session")
+def kit_dir() -> Path:
+    """The real data kit (`road-ds data fetch`). Skips when absent, unless ROAD_DS_REQUIRE_KIT=1 (make test, CI)."""
+    import os
+
+    from road_ds.recipe import cache_root
+
+    kit = cache_root() / "kit"
+    if not (kit / "kit.json").exists():
+        if os.environ.get("ROAD_DS_REQUIRE_KIT") == "1":
+            pytest.fail(f"the real data kit is missing at {kit}: run `road-ds data fetch`")
+        pytest.skip(f"real data kit not fetched ({kit}); run `road-ds data fetch`")
+    return kit

@@ -1,0 +1,35 @@
+# Two entry points for a user: `make demo` (the main job on the built-in real data kit) and `make test`.
+# Both create .venv on first use, install torch first (the CPU build unless a GPU is present: a bare
+# `torch` requirement can pull a multi-GB CUDA build), then this package.
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+TORCH ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
+DEMO_OUT ?= outputs/demo
+
+.PHONY: venv demo test kit clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e '.[kit,test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+kit: venv
+	$(VENV)/bin/road-ds data fetch
+
+demo: kit
+	$(VENV)/bin/road-ds features recipes/kit.yaml
+	$(VENV)/bin/road-ds features recipes/kit.yaml --dataset squad2 --split dev --oracle-predictions $(DEMO_OUT)
+	$(VENV)/bin/road-ds squad-eval $$($(VENV)/bin/road-ds data path)/squad2/dev.json \
+		$(DEMO_OUT)/squad2-dev-predictions.json --na-prob-file $(DEMO_OUT)/squad2-dev-na_probs.json
+
+# Real-data tests need the kit: fetch it first, and make them fail (not skip) without it.
+test: kit
+	ROAD_DS_REQUIRE_KIT=1 $(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache
