@@ -67,3 +67,37 @@ def test_oracle_predictions_score_near_100_with_the_official_semantics(recipe, k
     res = json.loads(out.stdout)
     assert res["NoAns_exact"] == 100.0 and res["HasAns_exact"] > 97.0 and res["f1"] > 98.5
     assert res["total"] == res["HasAns_total"] + res["NoAns_total"]
+
+
+@pytest.mark.parametrize("name", ["squad", "squad2"])
+def test_squad_eval_equals_the_official_logic_on_real_dev(kit_dir, name):
+    import importlib.util
+    import random
+    from pathlib import Path
+
+    from road_ds.squad_eval import evaluate
+
+    spec = importlib.util.spec_from_file_location("official", Path(__file__).parent / "reference" / "squad_v2_official.py")
+    official = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(official)
+    data = json.loads((kit_dir / name / "dev.json").read_text())["data"]
+    rng = random.Random(7)
+    preds, na = {}, {}
+    for article in data:
+        for p in article["paragraphs"]:
+            words = p["context"].split()
+            for qa in p["qas"]:
+                pick = rng.random()
+                if pick < 0.4 and qa["answers"]:
+                    preds[qa["id"]] = rng.choice(qa["answers"])["text"]  # right
+                elif pick < 0.6:
+                    preds[qa["id"]] = ""  # abstain
+                else:
+                    i = rng.randrange(len(words))
+                    preds[qa["id"]] = " ".join(words[i : i + rng.randint(1, 6)])  # some overlap, often wrong
+                na[qa["id"]] = rng.random()
+    for na_probs in (None, na):
+        ours, ref = evaluate(data, preds, na_probs), official.official_eval(data, preds, na_probs)
+        assert list(ours) == list(ref)
+        for k in ref:
+            assert ours[k] == pytest.approx(ref[k], abs=1e-9), k
