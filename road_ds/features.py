@@ -74,9 +74,12 @@ def feature_id(dataset: str, split: str, example_id: str, window: int) -> int:
 
 def tokenizer_hash(tokenizer) -> str:
     """What the tokenizer does (vocab, normalizer, special tokens), not where it was loaded from."""
+    state = json.loads(tokenizer.backend_tokenizer.to_str())
+    state.pop("truncation", None)  # set by the last call (max_length, stride): state, not identity
+    state.pop("padding", None)
     h = hashlib.sha256()
     h.update(type(tokenizer).__name__.encode())
-    h.update(tokenizer.backend_tokenizer.to_str().encode())
+    h.update(json.dumps(state, sort_keys=True).encode())
     h.update(json.dumps({k: str(v) for k, v in sorted(tokenizer.special_tokens_map.items())}).encode())
     h.update(str(tokenizer.padding_side).encode())
     return h.hexdigest()

@@ -24,7 +24,7 @@ DEFAULT_CACHE = "~/.cache/road_ds"
 
 def cache_root() -> Path:
     """The cache folder for features, the data kit and downloads (`$ROAD_DS_CACHE`)."""
-    return Path(os.path.expanduser(os.environ.get("ROAD_DS_CACHE") or DEFAULT_CACHE))
+    return Path(os.path.expanduser(os.environ.get("ROAD_DS_CACHE", "").strip() or DEFAULT_CACHE))
 
 
 class _Strict(BaseModel):
@@ -118,8 +118,9 @@ class Recipe(_Strict):
 
 
 def _expand(path: str, base: Path) -> str:
-    os.environ.setdefault("ROAD_DS_CACHE", str(cache_root()))
-    p = os.path.expanduser(os.path.expandvars(path))
+    root = str(cache_root())  # $ROAD_DS_CACHE has a default even when the variable is unset
+    p = path.replace("${ROAD_DS_CACHE}", root).replace("$ROAD_DS_CACHE", root)
+    p = os.path.expanduser(os.path.expandvars(p))
     if "://" in p or os.path.isabs(p):
         return p
     return str((base / p).resolve())

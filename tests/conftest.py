@@ -47,11 +47,22 @@ def tiny_tokenizer_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def cache_dir(tmp_path, monkeypatch) -> Path:
-    """A private $ROAD_DS_CACHE, so tests never touch the user's cache."""
+def cache_dir(tmp_path) -> Path:
+    """A private $ROAD_DS_CACHE, so tests never touch the user's cache.
+
+    Not monkeypatch.setenv: `datasets.map(num_proc>1)` rebinds `os.environ` to a new object, and
+    monkeypatch would then restore the old one, leaking the variable into later tests.
+    """
+    import os
+
     d = tmp_path / "cache"
-    monkeypatch.setenv("ROAD_DS_CACHE", str(d))
-    return d
+    old = os.environ.get("ROAD_DS_CACHE")
+    os.environ["ROAD_DS_CACHE"] = str(d)
+    yield d
+    if old is None:
+        os.environ.pop("ROAD_DS_CACHE", None)
+    else:
+        os.environ["ROAD_DS_CACHE"] = old
 
 
 def write_recipe(path: Path, model: str, datasets: list[dict], **features) -> Path:

@@ -81,6 +81,15 @@ def test_feature_ids_are_stable_and_distinct():
     assert a not in others and len(others) == 4 and all(0 <= x < 2**63 for x in others | {a})
 
 
+def test_tokenizer_hash_ignores_what_the_last_call_left_behind(tiny_tokenizer_dir):
+    from road_ds.features import tokenizer_hash
+
+    tok = load_tokenizer(str(tiny_tokenizer_dir))
+    before = tokenizer_hash(tok)
+    tok(["who is the king"], ["the king of france"], truncation="only_second", max_length=12, stride=2, return_overflowing_tokens=True)
+    assert tokenizer_hash(tok) == before == tokenizer_hash(load_tokenizer(str(tiny_tokenizer_dir)))
+
+
 def test_cache_hit_and_every_kind_of_miss(qa_recipe, tmp_path, tiny_tokenizer_dir):
     recipe = load_recipe(qa_recipe)
     first = build_features(recipe, "sq", "train")
