@@ -88,6 +88,34 @@ def _data(args) -> int:
     return data_kit.main(args.rest)
 
 
+def _precompute(args) -> int:
+    from road_ds import precompute
+
+    return precompute.main(args.rest)
+
+
+def _store_inspect(args) -> int:
+    from road_ds.store import inspect
+
+    report = inspect(args.path)
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        t = report["teacher"]
+        print(f"store {report['path']}: teacher {t['path']}, top-k {report['top_k']}, {report['dtype']}, compression {report['compression']}")
+        for head, ident in t["heads"].items():
+            print(f"  head {head}: {ident['architecture']} sha256 {ident['sha256'][:16]}")
+        for key, e in report["entries"].items():
+            mass = f", kept mass {e['kept_mass']}" if e["kept_mass"] else ""
+            print(f"  {key} [{e['head']}, {e['kind']}]: {e['rows']} rows in {e['shards']} shards, {e['bytes_per_row']} bytes/row, "
+                  f"top-1 agreement with gold {e['top1_agreement']}{mass}")
+    for p in report["problems"]:
+        print(f"DAMAGED {p}", file=sys.stderr)
+    print(f"checksums: {'all shards verify' if not report['problems'] else str(len(report['problems'])) + ' damaged shard(s)'}",
+          file=sys.stderr if report["problems"] else sys.stdout)
+    return 1 if report["problems"] else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="road-ds", description="ROaD training on DeepSpeed: data, features, teachers, students, metrics.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -107,6 +135,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="QA: decode the gold span labels as if they were model logits and write SQuAD-format "
                         "predictions and na-probs to DIR (the ceiling that windows and tokenization leave)")
     f.set_defaults(func=_features)
+
+    pc = sub.add_parser("precompute", help="offline teacher pass: top-k teacher logits into a teacher store", add_help=False)
+    pc.add_argument("rest", nargs=argparse.REMAINDER)
+    pc.set_defaults(func=_precompute)
+
+    st = sub.add_parser("store", help="teacher stores: `road-ds store inspect PATH`")
+    st_sub = st.add_subparsers(dest="store_command", required=True)
+    si = st_sub.add_parser("inspect", help="manifest summary, teacher accuracy, kept mass; verifies every checksum")
+    si.add_argument("path")
+    si.add_argument("--json", action="store_true")
+    si.set_defaults(func=_store_inspect)
 
     s = sub.add_parser("squad-eval", help="official SQuAD 2.0 scoring: DATA.json PRED.json [--na-prob-file NA.json]", add_help=False)
     s.add_argument("rest", nargs=argparse.REMAINDER)

@@ -95,3 +95,26 @@ def kit_dir() -> Path:
             pytest.fail(f"the real data kit is missing at {kit}: run `road-ds data fetch`")
         pytest.skip(f"real data kit not fetched ({kit}); run `road-ds data fetch`")
     return kit
+
+
+def write_tiny_teacher(path: Path, tokenizer_dir: Path, kind: str, labels: list[str] | None = None, arch: str = "bert", seed: int = 0) -> Path:
+    """A tiny random HF model with a QA or classification head, saved with the tokenizer."""
+    import shutil
+
+    import torch
+    from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification, BertConfig, ElectraConfig
+
+    vocab = len((tokenizer_dir / "vocab.txt").read_text().split())
+    common = dict(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, max_position_embeddings=128)
+    config = ElectraConfig(embedding_size=16, **common) if arch == "electra" else BertConfig(**common)
+    if labels:
+        config.num_labels = len(labels)
+        config.id2label = dict(enumerate(labels))
+        config.label2id = {n: i for i, n in enumerate(labels)}
+    torch.manual_seed(seed)
+    cls = AutoModelForQuestionAnswering if kind == "span" else AutoModelForSequenceClassification
+    model = cls.from_config(config)
+    model.save_pretrained(str(path))
+    for f in tokenizer_dir.iterdir():
+        shutil.copy(f, path / f.name)
+    return path
