@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
 DEMO_OUT ?= outputs/demo
 
-.PHONY: venv demo test kit clean
+.PHONY: venv demo test kit bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ demo: kit
 # Real-data tests need the kit: fetch it first, and make them fail (not skip) without it.
 test: kit
 	ROAD_DS_REQUIRE_KIT=1 $(PY) -m pytest -q
+
+# Benchmarks (speed and size targets are checked here, never by timed tests); tables go to docs/.
+bench: kit
+	$(PY) bench/store_bench.py --out docs/bench_store.md
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

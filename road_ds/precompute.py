@@ -184,6 +184,9 @@ def _width(ft, top_k: int) -> int:
 
 
 def run(args) -> Path:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # one line per shard batch of ranks is enough
     world = world_from_env()
     init_process_group(world)
     device = torch.device(f"cuda:{world.local_rank}" if torch.cuda.is_available() else "cpu")
