@@ -8,6 +8,7 @@ relative paths are taken from the recipe file's folder.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import os
 from pathlib import Path
@@ -32,12 +33,56 @@ class _Strict(BaseModel):
 
 
 class ModelSpec(_Strict):
-    name_or_path: str
+    name_or_path: str | None = None  # a pretrained encoder (local HF dir, or a hub id where allowed)
+    config: dict | None = None  # or a fresh encoder from a config: {model_type: bert, hidden_size: ...}
     tokenizer: str | None = None  # defaults to name_or_path
+    init_layers: int | None = Field(None, ge=1)  # a student from the first N layers of name_or_path
+    init_from: str | None = None  # an export dir of another run (the fine-tuning stage after MTL)
+    init_heads: list[str] | None = None  # which heads to take from init_from (default: all that match)
 
     @property
     def tokenizer_path(self) -> str:
         return self.tokenizer or self.name_or_path
+
+
+class KDSpec(_Strict):
+    """Distillation from precomputed teacher stores (DESIGN.md, "Knowledge distillation")."""
+
+    teachers: list[str] = []  # teacher store dirs; empty = no KD
+    combine: Literal["mean", "wkd", "anneal"] = "wkd"
+    alpha: float = Field(0.5, ge=0.0, le=1.0)  # weight of the gold cross-entropy
+    temperature: float = Field(1.0, gt=0.0)
+    W: float = Field(0.75, ge=0.0, le=1.0)  # wkd: the weight of an incorrect teacher
+    t2: bool = True  # scale the KD term by T^2
+
+
+class TrainSpec(_Strict):
+    seed: int = 0
+    max_steps: int = Field(100, ge=1)  # optimizer steps
+    micro_batch_size: int = Field(8, ge=1)  # per rank and micro-step
+    lr: float = Field(3e-5, gt=0.0)
+    weight_decay: float = Field(0.01, ge=0.0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(1e-6, gt=0.0)
+    warmup_steps: int = Field(0, ge=0)  # linear warm-up, then linear decay to 0 at max_steps
+    layer_lr_decay: float = Field(1.0, gt=0.0, le=1.0)  # ROaD used 0.75 on Large
+    grad_clip: float = Field(1.0, ge=0.0)
+    eval_every: int = Field(0, ge=0)  # steps; 0 = only at the end
+    save_every: int = Field(100, ge=1)
+    log_every: int = Field(10, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    num_workers: int = Field(1, ge=0)  # DataLoader workers that build batches and gather teacher targets
+    eval_batch_size: int = Field(32, ge=1)
+    n_best_size: int = Field(20, ge=1)
+    max_answer_length: int = Field(30, ge=1)
+
+
+class MTLSpec(_Strict):
+    """ROaD Algorithm 1: each optimizer step averages `passes` micro-batches, each from one dataset."""
+
+    passes: int = Field(1, ge=1)
+    policy: Literal["uniform", "proportional", "temperature"] = "proportional"
+    temperature: float = Field(2.0, gt=0.0)
 
 
 class FeatureParams(_Strict):
@@ -65,6 +110,9 @@ class DatasetSpec(_Strict):
     # `nearest` moves each such answer to the nearest place its text occurs (and counts it).
     answer_start: Literal["strict", "nearest"] = "strict"
     max_seq_length: int | None = Field(None, ge=16)  # this dataset's own length; default features.max_seq_length
+    train_split: str | None = None  # default: "train" when the files have it (else evaluation only)
+    eval_split: str | None = None  # default: "dev" or "validation" when the files have it
+    kd: KDSpec | None = None  # default: the recipe's top-level kd
 
     @field_validator("task")
     @classmethod
@@ -109,6 +157,14 @@ class Recipe(_Strict):
     model: ModelSpec
     features: FeatureParams = FeatureParams()
     datasets: list[DatasetSpec]
+    train: TrainSpec = TrainSpec()
+    mtl: MTLSpec = MTLSpec()
+    kd: KDSpec | None = None  # applies to every dataset without its own `kd`
+
+    def kd_for(self, name: str) -> KDSpec | None:
+        d = self.dataset(name)
+        kd = d.kd if d.kd is not None else self.kd
+        return kd if kd is not None and kd.teachers else None
 
     def dataset(self, name: str) -> DatasetSpec:
         for d in self.datasets:
@@ -193,12 +249,24 @@ def parse_recipe(raw: dict, path: str | Path = "<recipe>") -> Recipe:
             files = {s: ([_expand(f, base) for f in v] if isinstance(v, list) else _expand(v, base)) for s, v in d.files.items()}
             d = d.model_copy(update={"files": files})
         datasets.append(d)
-    model = recipe.model.model_copy(
-        update={
-            "name_or_path": _expand(recipe.model.name_or_path, base) if _looks_local(recipe.model.name_or_path) else recipe.model.name_or_path,
-            "tokenizer": (_expand(recipe.model.tokenizer, base) if recipe.model.tokenizer and _looks_local(recipe.model.tokenizer) else recipe.model.tokenizer),
-        }
-    )
+    m = recipe.model
+    if not m.name_or_path and not m.config:
+        raise DataError(path, "give a pretrained encoder (name_or_path) or a config to build one", field="model")
+    if not m.tokenizer_path:
+        raise DataError(path, "a model built from a config needs a tokenizer", field="model.tokenizer")
+    local = lambda v: _expand(v, base) if v and _looks_local(v) else v  # noqa: E731
+    model = m.model_copy(update={"name_or_path": local(m.name_or_path), "tokenizer": local(m.tokenizer),
+                                 "init_from": _expand(m.init_from, base) if m.init_from else None})
+    teachers = lambda kd: kd.model_copy(update={"teachers": [_expand(t, base) for t in kd.teachers]}) if kd else kd  # noqa: E731
+    datasets = [d.model_copy(update={"kd": teachers(d.kd)}) for d in datasets]
+    for i, d in enumerate(datasets):
+        for field, split in (("train_split", d.train_split), ("eval_split", d.eval_split)):
+            if split is not None and split not in d.files:
+                raise DataError(path, f"split '{split}' is not among the files ({', '.join(d.files)})", field=f"datasets.{i}.{field}")
+        datasets[i] = d.model_copy(update={
+            "train_split": d.train_split or ("train" if "train" in d.files else None),
+            "eval_split": d.eval_split or next((s for s in ("dev", "validation") if s in d.files), None),
+        })
     feats = recipe.features
     for i, d in enumerate(datasets):
         p = d.feature_params(feats)
@@ -207,7 +275,7 @@ def parse_recipe(raw: dict, path: str | Path = "<recipe>") -> Recipe:
                             f"{p.max_seq_length} and max_query_length {p.max_query_length} (dataset '{d.name}')", field="features.doc_stride")
     if feats.cache_dir:
         feats = feats.model_copy(update={"cache_dir": _expand(feats.cache_dir, base)})
-    return recipe.model_copy(update={"datasets": datasets, "model": model, "features": feats})
+    return recipe.model_copy(update={"datasets": datasets, "model": model, "features": feats, "kd": teachers(recipe.kd)})
 
 
 def _looks_local(name: str) -> bool:
@@ -215,7 +283,34 @@ def _looks_local(name: str) -> bool:
     return name.startswith(("$", "~", ".", "/")) or os.path.exists(name)
 
 
-def load_recipe(path: str | Path) -> Recipe:
+def apply_overrides(raw: dict, sets: list[str], path) -> dict:
+    """`--set train.lr=1e-4`, `--set datasets.squad.kd.alpha=0.3` (a dataset by name or index)."""
+    raw = copy.deepcopy(raw)
+    for item in sets:
+        if "=" not in item:
+            raise DataError(path, f"--set needs key=value, got '{item}'")
+        key, value = item.split("=", 1)
+        parts = key.split(".")
+        node = raw
+        for i, part in enumerate(parts[:-1]):
+            if isinstance(node, list):
+                idx = next((j for j, d in enumerate(node) if isinstance(d, dict) and d.get("name") == part), None)
+                if idx is None and part.isdigit():
+                    idx = int(part)
+                if idx is None or idx >= len(node):
+                    raise DataError(path, f"--set {key}: no list item '{part}'", field=".".join(parts[: i + 1]))
+                node = node[idx]
+            else:
+                node = node.setdefault(part, {})
+                if node is None:
+                    node = {}
+        if not isinstance(node, dict):
+            raise DataError(path, f"--set {key}: '{parts[-2]}' is not a mapping", field=key)
+        node[parts[-1]] = yaml.safe_load(value)
+    return raw
+
+
+def load_recipe(path: str | Path, overrides: list[str] | tuple = ()) -> Recipe:
     path = Path(path)
     try:
         text = path.read_text()
@@ -227,4 +322,6 @@ def load_recipe(path: str | Path) -> Recipe:
         mark = getattr(e, "problem_mark", None)
         row = mark.line + 1 if mark else None
         raise DataError(path, f"malformed YAML: {getattr(e, 'problem', e)}", row=row) from None
+    if overrides:
+        raw = apply_overrides(raw or {}, list(overrides), path)
     return parse_recipe(raw, path)

@@ -1,0 +1,63 @@
+"""Training batches: the MTL schedule's micro-batches, collated, with their teacher targets.
+
+An IterableDataset for DataLoader workers: worker w of W yields micro-batches m ≡ w (mod W) of
+the one global sequence, and the DataLoader's round-robin keeps that order. Teacher targets are
+gathered by `feature_id` here, in the workers, and reconstructed to dense teacher
+log-probabilities over each feature's support; the training process never opens a teacher model.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from road_ds.batching import collate
+from road_ds.schedule import MTLSampler
+from road_ds.store import OUTPUTS, TeacherSet, reconstruct
+
+
+def teacher_targets(teachers: TeacherSet, dataset: str, split: str, kind: str, batch: dict) -> dict[str, torch.Tensor]:
+    """Dense teacher log-probs per output, [teachers, batch, support width]."""
+    g = teachers.gather(dataset, split, batch["feature_id"].numpy())
+    out = {}
+    for o in OUTPUTS[kind]:
+        if kind == "span":
+            m = g[f"{o}_logit"].shape[0]
+            support = batch["support"].unsqueeze(0).expand(m, -1, -1)
+            out[o] = reconstruct(g[f"{o}_logit"], g[f"{o}_lse"], g[f"{o}_idx"], support)
+        else:
+            out[o] = reconstruct(g[f"{o}_logit"], g[f"{o}_lse"])
+    return out
+
+
+class TrainBatches(IterableDataset):
+    """Every micro-batch from the sampler's saved position to `max_steps`, in schedule order."""
+
+    def __init__(self, tables: dict, teachers: dict[str, list[str]], sampler_kwargs: dict, sampler_state: dict | None, max_steps: int, pad_id: int):
+        self.tables = tables  # dataset name -> FeatureTable of its train split
+        self.teachers = teachers  # dataset name -> teacher store dirs
+        self.sampler_kwargs = sampler_kwargs
+        self.sampler_state = sampler_state
+        self.max_steps = max_steps
+        self.pad_id = pad_id
+
+    def __iter__(self):
+        info = get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info else (0, 1)
+        sampler = MTLSampler(**self.sampler_kwargs)
+        if self.sampler_state:
+            sampler.load_state_dict(self.sampler_state)
+        stores = {name: TeacherSet.open(paths) for name, paths in self.teachers.items()}  # opened per worker
+        arrow = {name: ft.table.data.table for name, ft in self.tables.items()}
+        m = 0
+        while sampler.step < self.max_steps:
+            step = sampler.step
+            for micro, (name, rows) in enumerate(sampler.next_step()):
+                if m % nw == wid:
+                    ft = self.tables[name]
+                    batch = collate(arrow[name], rows, pad_id=self.pad_id)
+                    item = {"step": step, "micro": micro, "dataset": name, "batch": batch}
+                    if name in stores:
+                        item["teacher"] = teacher_targets(stores[name], name, ft.split, ft.spec.task_type.kind, batch)
+                    yield item
+                m += 1

@@ -1,0 +1,212 @@
+"""The multi-task model: one shared Hugging Face encoder and one head per task type.
+
+Each head is the head of the matching Hugging Face task model (`AutoModelForQuestionAnswering`,
+`AutoModelForSequenceClassification`) for the encoder's architecture, with the task model's own
+encoder replaced by the shared one. So the head's forward is exactly transformers' code, and an
+export is a plain `save_pretrained` directory that gives the same logits without road_ds.
+The shared encoder is registered once (under `encoder`), so ZeRO-3 sees every parameter once.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from road_ds.errors import DataError
+
+EXPORT_INDEX = "road_ds_export.json"
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    name: str
+    kind: str  # "span" or "classification"
+    labels: tuple[str, ...] | None = None
+
+
+def _task_class(kind: str):
+    from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification
+
+    return AutoModelForQuestionAnswering if kind == "span" else AutoModelForSequenceClassification
+
+
+def _head_config(config, spec: HeadSpec):
+    cfg = copy.deepcopy(config)
+    if spec.kind == "classification":
+        cfg.num_labels = len(spec.labels)
+        cfg.id2label = dict(enumerate(spec.labels))
+        cfg.label2id = {n: i for i, n in enumerate(spec.labels)}
+    return cfg
+
+
+class TaskHead(nn.Module):
+    """The head of a HF task model; its forward runs the HF task model on the shared encoder."""
+
+    def __init__(self, config, spec: HeadSpec, encoder: nn.Module):
+        super().__init__()
+        cfg = _head_config(config, spec)
+        small = copy.deepcopy(cfg)  # the task model's own encoder is thrown away: build it tiny
+        small.num_hidden_layers, small.vocab_size, small.max_position_embeddings, small.type_vocab_size = 0, 1, 1, 1
+        small.pad_token_id = 0
+        task = _task_class(spec.kind).from_config(small)
+        del task._modules[task.base_model_prefix]
+        task.config = cfg
+        self.spec = spec
+        self.task = task
+        self.bind(encoder)
+
+    def bind(self, encoder: nn.Module) -> None:
+        # a plain attribute, not a submodule: the encoder's parameters belong to RoadModel.encoder
+        object.__setattr__(self.task, self.task.base_model_prefix, encoder)
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None):
+        kw = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None:
+            kw["token_type_ids"] = token_type_ids
+        out = self.task(**kw)
+        if self.spec.kind == "span":
+            return {"start": out.start_logits, "end": out.end_logits}
+        return {"cls": out.logits}
+
+
+class RoadModel(nn.Module):
+    def __init__(self, encoder: nn.Module, heads: list[HeadSpec]):
+        super().__init__()
+        self.encoder = encoder
+        self.heads = nn.ModuleDict({h.name: TaskHead(encoder.config, h, encoder) for h in heads})
+
+    @property
+    def config(self):
+        return self.encoder.config
+
+    def forward(self, head: str, input_ids, attention_mask, token_type_ids=None) -> dict[str, torch.Tensor]:
+        return self.heads[head](input_ids, attention_mask, token_type_ids)
+
+    def head_specs(self) -> list[HeadSpec]:
+        return [h.spec for h in self.heads.values()]
+
+    # ------------------------------------------------------------------ export
+
+    def export(self, out: str | Path, tokenizer=None, heads: list[str] | None = None) -> Path:
+        """One `save_pretrained` dir per head (+ tokenizer) and an index naming them."""
+        from road_ds.atomic import write_json
+
+        out = Path(out)
+        index = {"heads": {}}
+        enc_state = {k: v.detach().cpu() for k, v in self.encoder.state_dict().items()}
+        for name, head in self.heads.items():
+            if heads and name not in heads:
+                continue
+            full = _task_class(head.spec.kind).from_config(head.task.config)
+            base = getattr(full, full.base_model_prefix)
+            missing, unexpected = base.load_state_dict(enc_state, strict=False)
+            unexpected = [k for k in unexpected if not k.startswith("pooler.")]  # QA models have no pooler
+            if missing or unexpected:
+                raise RuntimeError(f"encoder weights do not fit {type(full).__name__}: missing {missing[:3]}, unexpected {unexpected[:3]}")
+            full.load_state_dict({k: v.detach().cpu() for k, v in head.task.state_dict().items()}, strict=False)
+            full.save_pretrained(str(out / name))
+            if tokenizer is not None:
+                tokenizer.save_pretrained(str(out / name))
+            index["heads"][name] = {"kind": head.spec.kind, "labels": list(head.spec.labels) if head.spec.labels else None, "dir": name}
+        write_json(out / EXPORT_INDEX, index)
+        return out
+
+
+# ---------------------------------------------------------------------------- building
+
+
+def _layers(encoder: nn.Module) -> nn.ModuleList:
+    """The encoder's transformer blocks (BERT/ELECTRA/RoBERTa: encoder.layer)."""
+    for path in ("encoder.layer", "layer", "layers", "transformer.layer"):
+        obj = encoder
+        for part in path.split("."):
+            obj = getattr(obj, part, None)
+        if isinstance(obj, nn.ModuleList):
+            return obj
+    raise DataError(None, f"cannot find the transformer layers of a {type(encoder).__name__}")
+
+
+def build_encoder(spec, seed: int = 0) -> nn.Module:
+    """A pretrained encoder, the first N layers of one, or a fresh one from a config (tests)."""
+    from transformers import AutoConfig, AutoModel
+
+    if spec.config:
+        cfg = dict(spec.config)
+        model_type = cfg.pop("model_type", "bert")
+        torch.manual_seed(seed)
+        return AutoModel.from_config(AutoConfig.for_model(model_type, **cfg))
+    try:
+        encoder = AutoModel.from_pretrained(spec.name_or_path)
+    except Exception as e:
+        raise DataError(spec.name_or_path, f"cannot load the encoder: {e}") from None
+    if spec.init_layers:
+        layers = _layers(encoder)
+        if spec.init_layers > len(layers):
+            raise DataError(spec.name_or_path, f"init_layers {spec.init_layers} but the model has {len(layers)} layers", field="model.init_layers")
+        del layers[spec.init_layers :]
+        encoder.config.num_hidden_layers = spec.init_layers
+    return encoder
+
+
+def load_export_weights(model: RoadModel, path: str | Path, heads: list[str] | None) -> list[str]:
+    """Take the encoder (and the named heads) from an export dir: the fine-tuning stage after MTL."""
+    path = Path(path)
+    index_file = path / EXPORT_INDEX
+    if not index_file.exists():
+        raise DataError(path, f"not a road_ds export (no {EXPORT_INDEX})", field="model.init_from")
+    index = json.loads(index_file.read_text())["heads"]
+    names = list(heads) if heads is not None else [h for h in model.heads if h in index]
+    for name in names:
+        if name not in index:
+            raise DataError(index_file, f"has no head '{name}' (it has: {', '.join(index)})", field="model.init_heads")
+        if name not in model.heads or index[name]["kind"] != model.heads[name].spec.kind:
+            raise DataError(index_file, f"head '{name}' ({index[name]['kind']}) has no matching head in this recipe", field="model.init_heads")
+    sources = {n: _task_class(index[n]["kind"]).from_pretrained(str(path / index[n]["dir"])) for n in names or list(index)[:1]}
+    src = next(iter(sources.values()))  # every head dir of an export holds the same encoder
+    missing, _ = model.encoder.load_state_dict(getattr(src, src.base_model_prefix).state_dict(), strict=False)
+    missing = [k for k in missing if not k.startswith("pooler.")]
+    if missing:
+        raise DataError(path, f"encoder weights missing from the export: {missing[:3]}", field="model.init_from")
+    for name in names:
+        m = sources[name]
+        model.heads[name].task.load_state_dict({k: v for k, v in m.state_dict().items() if not k.startswith(m.base_model_prefix + ".")})
+    return names
+
+
+def build_model(recipe, heads: list[HeadSpec]) -> RoadModel:
+    spec = recipe.model
+    model = RoadModel(build_encoder(spec, seed=recipe.train.seed), heads)
+    if spec.init_from:
+        load_export_weights(model, spec.init_from, spec.init_heads)
+    return model
+
+
+def param_groups(model: RoadModel, lr: float, weight_decay: float, layer_decay: float) -> list[dict]:
+    """AdamW groups: no decay on biases and norms; layer-wise LR decay from the top layer down."""
+    n_layers = len(_layers(model.encoder))
+    groups: dict[tuple, dict] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if name.startswith("encoder."):
+            sub = name[len("encoder.") :]
+            if "embeddings" in sub:
+                depth = 0
+            elif ".layer." in f".{sub}":
+                after = f".{sub}".split(".layer.", 1)[1]
+                depth = int(after.split(".")[0]) + 1
+            else:  # pooler and anything above the last block
+                depth = n_layers + 1
+        else:
+            depth = n_layers + 1  # heads
+        scale = layer_decay ** (n_layers + 1 - depth)
+        no_decay = p.ndim == 1 or "LayerNorm" in name or "layer_norm" in name or name.endswith(".bias")
+        key = (scale, no_decay)
+        g = groups.setdefault(key, {"params": [], "lr": lr * scale, "weight_decay": 0.0 if no_decay else weight_decay, "lr_scale": scale})
+        g["params"].append(p)
+    return list(groups.values())

@@ -1,0 +1,413 @@
+"""The ROaD trainer: a multi-task student on DeepSpeed ZeRO, with KD targets streamed from teacher stores.
+
+    deepspeed road_ds/train.py --deepspeed ds_configs/zero2.json --recipe R.yaml --output-dir runs/x
+    torchrun --nproc_per_node N road_ds/train.py ...   |   srun python road_ds/train.py ...   |   road-ds train ...
+
+One optimizer step takes `mtl.passes` micro-batches (DeepSpeed's gradient accumulation), each
+from one dataset picked by the schedule, the same on every rank (a pure function of seed and
+step). A restart with the same output dir resumes from the latest complete checkpoint, exactly.
+The same trainer trains teachers: a recipe without `kd`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+if __package__ in (None, ""):  # run as a script: `deepspeed road_ds/train.py ...`
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from road_ds.atomic import write_json, write_text
+from road_ds.errors import DataError
+from road_ds.recipe import Recipe, load_recipe
+
+VOLATILE = {"max_steps", "eval_every", "save_every", "log_every", "num_workers", "keep_checkpoints", "eval_batch_size"}
+
+
+def recipe_hash(recipe: Recipe) -> str:
+    """What a resumed run must share with the run that saved: all but the bookkeeping knobs."""
+    d = recipe.model_dump(mode="json")
+    d["train"] = {k: v for k, v in d["train"].items() if k not in VOLATILE}
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
+
+
+class StopFlag:
+    """SIGTERM / SIGUSR1 (Slurm's warning before the end) ask for a checkpoint at the next step."""
+
+    def __init__(self):
+        self.raised = False
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, self._set)
+
+    def _set(self, signum, frame):
+        self.raised = True
+
+
+def _hidden_size(recipe: Recipe) -> int | None:
+    """The encoder's width, for DeepSpeed's "auto" bucket sizes (read from config.json, no weights)."""
+    if recipe.model.config:
+        return recipe.model.config.get("hidden_size")
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(recipe.model.name_or_path).hidden_size
+    except Exception:
+        return None
+
+
+def _lr_lambda(warmup: int, total: int):
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return f
+
+
+def _set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def _set_rng_state(s: dict) -> None:
+    random.setstate(s["python"])
+    np.random.set_state(s["numpy"])
+    torch.set_rng_state(s["torch"])
+
+
+class Logger:
+    """Rank 0 only: a JSONL file, TensorBoard scalars, and a progress bar."""
+
+    def __init__(self, out: Path, enabled: bool, total: int, start: int):
+        self.enabled = enabled
+        if not enabled:
+            return
+        from torch.utils.tensorboard import SummaryWriter
+        from tqdm import tqdm
+
+        self.path = out / "metrics.jsonl"
+        self.tb = SummaryWriter(str(out / "tensorboard"), purge_step=start if start else None)
+        self.bar = tqdm(total=total, initial=start, desc="train", dynamic_ncols=True, file=sys.stderr)
+
+    def truncate_after(self, step: int) -> None:
+        """On resume, drop what the killed run logged past its last checkpoint."""
+        if self.enabled and self.path.exists():
+            keep = [l for l in self.path.read_text().splitlines() if l.strip() and json.loads(l)["step"] <= step]
+            write_text(self.path, "".join(k + "\n" for k in keep))
+
+    def log(self, step: int, values: dict) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps({"step": step, **values}) + "\n")
+        for k, v in values.items():
+            if isinstance(v, (int, float)):
+                self.tb.add_scalar(k, v, step)
+
+    def progress(self, n: int, **postfix) -> None:
+        if self.enabled:
+            self.bar.update(n)
+            self.bar.set_postfix(postfix, refresh=False)
+
+    def close(self) -> None:
+        if self.enabled:
+            self.tb.close()
+            self.bar.close()
+
+
+def _all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.all_reduce(x)
+    return x
+
+
+def compute_loss(recipe: Recipe, name: str, kind: str, out: dict, batch: dict, teacher: dict | None, step: int) -> tuple[torch.Tensor, dict]:
+    """Gold CE plus KD per output (span: start and end, averaged), as the dataset's KD spec says."""
+    from road_ds.kd import anneal_lambda, combine_teachers, kd_loss
+
+    kd = recipe.kd_for(name)
+    outputs = ("start", "end") if kind == "span" else ("cls",)
+    total, parts = 0.0, {"ce": 0.0, "kd": 0.0}
+    for o in outputs:
+        z = out[o].float()
+        gold = batch["start_positions" if o == "start" else "end_positions" if o == "end" else "label"].to(z.device)
+        support = batch["support"].to(z.device) if kind == "span" else None
+        if kd is None or teacher is None:
+            loss, p = kd_loss(z, gold, None, support=support)
+        else:
+            t = teacher[o].to(z.device)
+            method = "mean" if kd.combine == "anneal" else kd.combine
+            target = combine_teachers(t, gold, method, W=kd.W)
+            lam = anneal_lambda(step, recipe.train.max_steps) if kd.combine == "anneal" else None
+            loss, p = kd_loss(z, gold, target, support=support, alpha=kd.alpha, temperature=kd.temperature, t2=kd.t2, method=kd.combine, lam=lam)
+        total = total + loss / len(outputs)
+        for k in parts:
+            parts[k] += float(p.get(k, 0.0)) / len(outputs)
+    return total, parts
+
+
+def run(args) -> dict:
+    import deepspeed
+
+    from road_ds.data import TrainBatches
+    from road_ds.ds_config import resolve_ds_config
+    from road_ds.evaluate import evaluate_split, macro
+    from road_ds.features import build_features, load_tokenizer
+    from road_ds.model import HeadSpec, build_model, param_groups
+    from road_ds.store import TeacherStore
+
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    datasets.disable_progress_bars()
+    hf_logging.disable_progress_bar()
+    recipe = load_recipe(args.recipe, args.set or [])
+    out = Path(args.output_dir)
+    cpu = not torch.cuda.is_available()
+    deepspeed.init_distributed(dist_backend="gloo" if cpu else "nccl")
+    import torch.distributed as dist
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    device = torch.device("cpu") if cpu else torch.device("cuda", local_rank)
+    if not cpu:
+        torch.cuda.set_device(device)
+    stop = StopFlag()
+    log = (lambda m: print(m, file=sys.stderr, flush=True)) if rank == 0 else (lambda m: None)
+    T = recipe.train
+
+    # DeepSpeed config first: a contradiction with the recipe stops us before any work
+    bf16 = (not cpu) and torch.cuda.is_bf16_supported()
+    ds_config = resolve_ds_config(args.deepspeed_config, micro_batch_size=T.micro_batch_size, passes=recipe.mtl.passes,
+                                  world_size=world, lr=T.lr, weight_decay=T.weight_decay, betas=tuple(T.betas), eps=T.eps, grad_clip=T.grad_clip, bf16=bf16,
+                                  hidden_size=_hidden_size(recipe))
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "recipe.resolved.json", recipe.model_dump(mode="json"))
+        write_json(out / "ds_config.resolved.json", ds_config)
+
+    # features: rank 0 builds what the cache lacks, then everyone reads it
+    tokenizer = load_tokenizer(recipe.model.tokenizer_path)
+    train_tables, eval_tables = {}, {}
+    for turn in (0, 1):
+        if (turn == 0) == (rank == 0):
+            for d in recipe.datasets:
+                if d.train_split:
+                    train_tables[d.name] = build_features(recipe, d.name, d.train_split, tokenizer=tokenizer, log=log)
+                if d.eval_split:
+                    eval_tables[d.name] = build_features(recipe, d.name, d.eval_split, tokenizer=tokenizer, log=log)
+        dist.barrier()
+    if not train_tables:
+        raise DataError(args.recipe, "no dataset has a train split", field="datasets")
+
+    # teachers: every store is checked against the features before any compute is spent
+    teachers, teacher_ids = {}, {}
+    for name, ft in train_tables.items():
+        kd = recipe.kd_for(name)
+        if kd:
+            for p in kd.teachers:
+                TeacherStore.open(p, [ft])
+            teachers[name] = kd.teachers
+            teacher_ids[name] = [hashlib.sha256((Path(p) / "manifest.json").read_bytes()).hexdigest() for p in kd.teachers]
+
+    heads, seen = [], set()
+    for d in recipe.datasets:
+        if d.head_name not in seen:
+            seen.add(d.head_name)
+            heads.append(HeadSpec(d.head_name, d.task_type.kind, tuple(d.label_names) if d.label_names else None))
+    _set_seed(T.seed)
+    model = build_model(recipe, heads)
+    groups = param_groups(model, T.lr, T.weight_decay, T.layer_lr_decay)
+    scheduler = lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(T.warmup_steps, T.max_steps))  # noqa: E731
+    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=groups, config=ds_config, lr_scheduler=scheduler)
+
+    # resume: the latest complete checkpoint of this output dir
+    ckpt_dir = out / "checkpoints"
+    sampler_kwargs = dict(sizes={n: len(ft) for n, ft in train_tables.items()}, micro_batch_size=T.micro_batch_size, passes=recipe.mtl.passes,
+                          world=world, rank=rank, policy=recipe.mtl.policy, temperature=recipe.mtl.temperature, seed=T.seed)
+    state, step = None, 0
+    best = -1.0
+    rng = None
+    if (ckpt_dir / "latest").exists():
+        path, client = engine.load_checkpoint(str(ckpt_dir))
+        if path is None:
+            raise DataError(ckpt_dir, "the latest checkpoint could not be loaded")
+        for key, now, what in (("recipe_sha", recipe_hash(recipe), "recipe"), ("teachers", teacher_ids, "teacher stores")):
+            if client.get(key) != now and not args.force_resume:
+                raise DataError(ckpt_dir, f"the checkpoint was made with another {what}; use a new --output-dir, or --force-resume")
+        state, step, best, rng = client["sampler"], client["step"], client.get("best", -1.0), client["rng"]
+        log(f"resumed from {path} at step {step}")
+
+    logger = Logger(out, rank == 0, T.max_steps, step)
+    if step:
+        logger.truncate_after(step)
+    batches = TrainBatches(train_tables, teachers, sampler_kwargs, state, T.max_steps, tokenizer.pad_token_id or 0)
+    loader = torch.utils.data.DataLoader(batches, batch_size=None, num_workers=T.num_workers, persistent_workers=False,
+                                         prefetch_factor=4 if T.num_workers else None)
+    it = iter(loader)
+    if rng is not None:
+        _set_rng_state(rng)  # after the loader drew its worker seeds, as the uninterrupted run had
+
+    from road_ds.schedule import MTLSampler
+
+    position = MTLSampler(**sampler_kwargs)  # the main process's copy of the position, for checkpoints
+    if state:
+        position.load_state_dict(state)
+    names = sorted(train_tables)
+    acc = torch.zeros(len(names), 4, dtype=torch.float64)  # loss, ce, kd, count per dataset since the last log
+    t_log, samples = time.time(), 0
+    results = {}
+
+    def evaluate_all() -> dict:
+        engine.eval()
+        res = {}
+        for name, ft in eval_tables.items():
+            r = evaluate_split(lambda head, **kw: engine(head, **kw), ft, rank, world, T.eval_batch_size, tokenizer.pad_token_id or 0, device,
+                               out_dir=out / "predictions", n_best_size=T.n_best_size, max_answer_length=T.max_answer_length)
+            if rank == 0:
+                res[name] = r
+        engine.train()
+        return res
+
+    def save(step: int) -> None:
+        client = {"step": step, "sampler": position.state_dict(), "rng": _rng_state(), "recipe_sha": recipe_hash(recipe),
+                  "teachers": teacher_ids, "best": best}
+        engine.save_checkpoint(str(ckpt_dir), tag=f"step-{step:08d}", client_state=client)
+        dist.barrier()
+        if rank == 0:
+            tags = sorted(p for p in ckpt_dir.glob("step-*") if p.is_dir())
+            for old in tags[: -T.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+
+    def export(to: Path) -> None:
+        """A plain HF dir per head; written aside and renamed, so a reader never sees half of it."""
+        from deepspeed.runtime.zero import GatheredParameters
+
+        with GatheredParameters(list(engine.module.parameters()), modifier_rank=None, enabled=engine.zero_optimization_stage() == 3):
+            if rank == 0:
+                tmp = to.with_name(f".{to.name}.tmp")
+                shutil.rmtree(tmp, ignore_errors=True)
+                engine.module.export(tmp, tokenizer)
+                shutil.rmtree(to, ignore_errors=True)
+                os.replace(tmp, to)
+        dist.barrier()
+
+    engine.train()
+    while step < T.max_steps:
+        position.next_step()
+        for micro in range(recipe.mtl.passes):
+            item = next(it)
+            assert item["step"] == step and item["micro"] == micro, "the data order left the schedule"
+            name = item["dataset"]
+            ft = train_tables[name]
+            batch = item["batch"]
+            inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+            outputs = engine(ft.spec.head_name, **inputs)
+            loss, parts = compute_loss(recipe, name, ft.spec.task_type.kind, outputs, batch, item.get("teacher"), step)
+            engine.backward(loss)
+            engine.step()
+            i = names.index(name)
+            acc[i] += torch.tensor([loss.item(), float(parts["ce"]), float(parts["kd"]), 1.0], dtype=torch.float64)
+            samples += len(batch["input_ids"]) * world
+        step += 1
+        if step % T.log_every == 0 or step == T.max_steps:
+            tot = _all_reduce_sum(acc.clone())
+            vals = {"lr": engine.get_lr()[0] if engine.get_lr() else 0.0}
+            n_all = tot[:, 3].sum().item()
+            vals["loss"] = tot[:, 0].sum().item() / max(1.0, n_all)
+            for j, n in enumerate(names):
+                if tot[j, 3] > 0:
+                    for k, col in (("loss", 0), ("ce", 1), ("kd", 2)):
+                        vals[f"{k}/{n}"] = tot[j, col].item() / tot[j, 3].item()
+            dt = time.time() - t_log
+            vals["samples_per_s"] = samples / max(dt, 1e-9)
+            logger.log(step, vals)
+            logger.progress(T.log_every if step % T.log_every == 0 else step % T.log_every, loss=f"{vals['loss']:.4f}", sps=f"{vals['samples_per_s']:.1f}")
+            acc.zero_()
+            t_log, samples = time.time(), 0
+        if T.eval_every and step % T.eval_every == 0 and step < T.max_steps:
+            results = evaluate_all()
+            if rank == 0:
+                m = macro(results)
+                logger.log(step, {f"eval/{n}/{k}": v for n, r in results.items() for k, v in r.items() if isinstance(v, float)} | {"eval/macro": m})
+            m = torch.tensor([macro(results) if rank == 0 else 0.0], dtype=torch.float64)
+            m = float(_all_reduce_sum(m))
+            if m > best:
+                best = m
+                export(out / "best")
+        flag = _all_reduce_sum(torch.tensor([1.0 if stop.raised else 0.0])).item() > 0
+        if step % T.save_every == 0 or flag or step == T.max_steps:
+            save(step)
+        if flag:
+            log(f"stopped by a signal at step {step}: checkpoint saved, exiting for a requeue")
+            logger.close()
+            return {"stopped": True, "step": step}
+
+    results = evaluate_all()
+    final = {}
+    if rank == 0:
+        final = {n: {k: v for k, v in r.items() if isinstance(v, (int, float))} for n, r in results.items()}
+        final["macro"] = macro(results)
+        logger.log(step, {f"eval/{n}/{k}": v for n, r in results.items() for k, v in r.items() if isinstance(v, float)} | {"eval/macro": final["macro"]})
+        write_json(out / "eval_results.json", final)
+        log(json.dumps(final))
+    m = float(_all_reduce_sum(torch.tensor([final.get("macro", 0.0)], dtype=torch.float64)))
+    export(out / "export")
+    if m > best:
+        best = m
+        export(out / "best")
+    logger.close()
+    return {"stopped": False, "step": step, "eval": final}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import deepspeed
+
+    p = argparse.ArgumentParser(prog="road-ds train", description="Train a multi-task student (or a teacher) with ROaD MTL and weighted KD on DeepSpeed.",
+                                conflict_handler="resolve")
+    p.add_argument("--recipe", required=True)
+    p.add_argument("--output-dir", required=True, help="everything the run writes goes here; a rerun with the same dir resumes")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe field, e.g. train.lr=1e-4 or datasets.squad.kd.alpha=0.3")
+    p.add_argument("--force-resume", action="store_true", help="resume even if the recipe or the teachers changed")
+    p.add_argument("--local_rank", "--local-rank", type=int, default=int(os.environ.get("LOCAL_RANK", 0)), help=argparse.SUPPRESS)
+    p = deepspeed.add_config_arguments(p)
+    # `--deepspeed ds_configs/zero2.json` (the common form) names the config; plain `--deepspeed` still works
+    p.add_argument("--deepspeed", nargs="?", const=True, default=False, metavar="DS_CONFIG.json",
+                   help="the DeepSpeed JSON config (default ds_configs/zero2.json)")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if isinstance(args.deepspeed, str):
+        args.deepspeed_config = args.deepspeed
+    if not args.deepspeed_config:
+        args.deepspeed_config = str(Path(__file__).resolve().parent.parent / "ds_configs" / "zero2.json")
+    try:
+        run(args)
+    except DataError as e:
+        print(f"road-ds train: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
