@@ -94,6 +94,24 @@ def _precompute(args) -> int:
     return precompute.main(args.rest)
 
 
+def _train(args) -> int:
+    from road_ds import train
+
+    return train.main(args.rest)
+
+
+def _evaluate(args) -> int:
+    from road_ds import evaluate
+
+    return evaluate.main(args.rest)
+
+
+def _export(args) -> int:
+    from road_ds.export import main as export_main
+
+    return export_main(args.rest)
+
+
 def _store_inspect(args) -> int:
     from road_ds.store import inspect
 
@@ -139,6 +157,13 @@ def build_parser() -> argparse.ArgumentParser:
     pc = sub.add_parser("precompute", help="offline teacher pass: top-k teacher logits into a teacher store", add_help=False)
     pc.add_argument("rest", nargs=argparse.REMAINDER)
     pc.set_defaults(func=_precompute)
+
+    for name, func, text in (("train", _train, "train a multi-task student (or a teacher) on DeepSpeed: road-ds train --recipe R --output-dir D"),
+                             ("evaluate", _evaluate, "score an export or a run on a recipe's datasets; writes metrics and SQuAD-format predictions"),
+                             ("export", _export, "a run (or checkpoint) to plain Hugging Face model dirs, one per head")):
+        sp = sub.add_parser(name, help=text, add_help=False)
+        sp.add_argument("rest", nargs=argparse.REMAINDER)
+        sp.set_defaults(func=func)
 
     st = sub.add_parser("store", help="teacher stores: `road-ds store inspect PATH`")
     st_sub = st.add_subparsers(dest="store_command", required=True)

@@ -40,6 +40,32 @@ def _slurm_master() -> str:
         return nodes.split(",")[0].split("[")[0]
 
 
+def export_env() -> World:
+    """Set the torch.distributed variables (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT) from
+    whichever launcher ran us, so that `env://` initialisation works the same under deepspeed,
+    torchrun, srun, or a plain `python` (one rank)."""
+    world = world_from_env()
+    env = os.environ
+    env.setdefault("RANK", str(world.rank))
+    env.setdefault("WORLD_SIZE", str(world.size))
+    env.setdefault("LOCAL_RANK", str(world.local_rank))
+    if world.size > 1 or "SLURM_JOB_ID" in env:
+        env.setdefault("MASTER_ADDR", _slurm_master())
+        env.setdefault("MASTER_PORT", str(29500 + int(env.get("SLURM_JOB_ID", "0")) % 1000))
+    else:
+        env.setdefault("MASTER_ADDR", "127.0.0.1")
+        env.setdefault("MASTER_PORT", str(_free_port()))
+    return world
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def init_process_group(world: World, backend: str = "gloo") -> None:
     """Join the process group (once) when there is more than one rank."""
     import torch.distributed as dist

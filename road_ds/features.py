@@ -123,6 +123,8 @@ def fingerprint(spec: DatasetSpec, split: str, tok_hash: str, params: FeaturePar
         if spec.task_type.kind == "span"
         else {"max_seq_length": params.max_seq_length},
     }
+    if split in spec.limit:
+        key["limit"] = spec.limit[split]
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
 
 

@@ -166,8 +166,14 @@ def load_export_weights(model: RoadModel, path: str | Path, heads: list[str] | N
             raise DataError(index_file, f"has no head '{name}' (it has: {', '.join(index)})", field="model.init_heads")
         if name not in model.heads or index[name]["kind"] != model.heads[name].spec.kind:
             raise DataError(index_file, f"head '{name}' ({index[name]['kind']}) has no matching head in this recipe", field="model.init_heads")
-    sources = {n: _task_class(index[n]["kind"]).from_pretrained(str(path / index[n]["dir"])) for n in names or list(index)[:1]}
-    src = next(iter(sources.values()))  # every head dir of an export holds the same encoder
+    def load(n):
+        return _task_class(index[n]["kind"]).from_pretrained(str(path / index[n]["dir"]))
+
+    sources = {n: load(n) for n in names}
+    # every head dir of an export holds the same encoder, but QA models drop the pooler (which
+    # BERT's classification heads use): take the encoder from a classification dir when there is one
+    enc_from = next((n for n in [*names, *index] if index[n]["kind"] == "classification"), (names or list(index))[0])
+    src = sources[enc_from] if enc_from in sources else load(enc_from)
     missing, _ = model.encoder.load_state_dict(getattr(src, src.base_model_prefix).state_dict(), strict=False)
     missing = [k for k in missing if not k.startswith("pooler.")]
     if missing:

@@ -77,6 +77,8 @@ def read_split(spec: DatasetSpec, split: str) -> Examples:
             rows.append(ex)
     if not rows:
         raise DataError(files[0], f"no examples in split '{split}' of dataset '{spec.name}'")
+    if split in spec.limit:
+        rows = rows[: spec.limit[split]]
     features = SPAN_FEATURES if kind == "span" else CLASSIFICATION_FEATURES
     table = datasets.Dataset.from_list(rows, features=features)
     return Examples(spec, split, table, sources, moved)

@@ -110,6 +110,7 @@ class DatasetSpec(_Strict):
     # `nearest` moves each such answer to the nearest place its text occurs (and counts it).
     answer_start: Literal["strict", "nearest"] = "strict"
     max_seq_length: int | None = Field(None, ge=16)  # this dataset's own length; default features.max_seq_length
+    limit: dict[str, int] = {}  # split -> use only the first N examples (quick runs on a slice)
     train_split: str | None = None  # default: "train" when the files have it (else evaluation only)
     eval_split: str | None = None  # default: "dev" or "validation" when the files have it
     kd: KDSpec | None = None  # default: the recipe's top-level kd

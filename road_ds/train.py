@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import json
 import os
 import random
@@ -28,7 +29,7 @@ import torch
 if __package__ in (None, ""):  # run as a script: `deepspeed road_ds/train.py ...`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from road_ds.atomic import write_json, write_text
+from road_ds.atomic import write_bytes, write_json, write_text
 from road_ds.errors import DataError
 from road_ds.recipe import Recipe, load_recipe
 
@@ -182,6 +183,21 @@ def run(args) -> dict:
     recipe = load_recipe(args.recipe, args.set or [])
     out = Path(args.output_dir)
     cpu = not torch.cuda.is_available()
+    T = recipe.train
+
+    # the DeepSpeed config first: a contradiction with the recipe stops us before any work
+    from road_ds.dist import export_env
+
+    world_env = export_env()
+    bf16 = (not cpu) and torch.cuda.is_bf16_supported()
+    ds_config = resolve_ds_config(args.deepspeed_config, micro_batch_size=T.micro_batch_size, passes=recipe.mtl.passes,
+                                  world_size=world_env.size, lr=T.lr, weight_decay=T.weight_decay, betas=tuple(T.betas), eps=T.eps,
+                                  grad_clip=T.grad_clip, bf16=bf16, hidden_size=_hidden_size(recipe))
+    zero = ds_config.get("zero_optimization", {})
+    if cpu and zero.get("overlap_comm"):
+        # the CPU has no communication streams to overlap with; and with it on, a ZeRO-2 resume on
+        # gloo drifts from the uninterrupted run (measured ~1e-3 in the loss), with it off it is exact
+        zero["overlap_comm"] = False
     deepspeed.init_distributed(dist_backend="gloo" if cpu else "nccl")
     import torch.distributed as dist
 
@@ -192,13 +208,6 @@ def run(args) -> dict:
         torch.cuda.set_device(device)
     stop = StopFlag()
     log = (lambda m: print(m, file=sys.stderr, flush=True)) if rank == 0 else (lambda m: None)
-    T = recipe.train
-
-    # DeepSpeed config first: a contradiction with the recipe stops us before any work
-    bf16 = (not cpu) and torch.cuda.is_bf16_supported()
-    ds_config = resolve_ds_config(args.deepspeed_config, micro_batch_size=T.micro_batch_size, passes=recipe.mtl.passes,
-                                  world_size=world, lr=T.lr, weight_decay=T.weight_decay, betas=tuple(T.betas), eps=T.eps, grad_clip=T.grad_clip, bf16=bf16,
-                                  hidden_size=_hidden_size(recipe))
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "recipe.resolved.json", recipe.model_dump(mode="json"))
@@ -253,7 +262,9 @@ def run(args) -> dict:
         for key, now, what in (("recipe_sha", recipe_hash(recipe), "recipe"), ("teachers", teacher_ids, "teacher stores")):
             if client.get(key) != now and not args.force_resume:
                 raise DataError(ckpt_dir, f"the checkpoint was made with another {what}; use a new --output-dir, or --force-resume")
-        state, step, best, rng = client["sampler"], client["step"], client.get("best", -1.0), client["rng"]
+        state, step, best = client["sampler"], client["step"], client.get("best", -1.0)
+        rng_file = ckpt_dir / f"step-{step:08d}" / f"rng-rank{rank:05d}.pt"
+        rng = torch.load(rng_file, weights_only=False) if rng_file.exists() else None  # absent: another world size
         log(f"resumed from {path} at step {step}")
 
     logger = Logger(out, rank == 0, T.max_steps, step)
@@ -288,9 +299,16 @@ def run(args) -> dict:
         return res
 
     def save(step: int) -> None:
-        client = {"step": step, "sampler": position.state_dict(), "rng": _rng_state(), "recipe_sha": recipe_hash(recipe),
-                  "teachers": teacher_ids, "best": best}
-        engine.save_checkpoint(str(ckpt_dir), tag=f"step-{step:08d}", client_state=client)
+        rng = _rng_state()
+        tag = f"step-{step:08d}"
+        # each rank's own RNG (dropout draws differ between ranks), written before DeepSpeed's files:
+        # `latest` moves to this tag only after everything in it is complete
+        buf = io.BytesIO()
+        torch.save(rng, buf)
+        write_bytes(ckpt_dir / tag / f"rng-rank{rank:05d}.pt", buf.getvalue())
+        client = {"step": step, "sampler": position.state_dict(), "recipe_sha": recipe_hash(recipe), "teachers": teacher_ids, "best": best}
+        engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client)
+        _set_rng_state(rng)  # saving may draw random numbers; go on exactly as a resumed run will
         dist.barrier()
         if rank == 0:
             tags = sorted(p for p in ckpt_dir.glob("step-*") if p.is_dir())

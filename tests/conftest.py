@@ -118,3 +118,11 @@ def write_tiny_teacher(path: Path, tokenizer_dir: Path, kind: str, labels: list[
     for f in tokenizer_dir.iterdir():
         shutil.copy(f, path / f.name)
     return path
+
+
+def deepspeed_launcher() -> list[str]:
+    """The `deepspeed` launcher of this interpreter's environment (CI does not activate the venv)."""
+    import sys
+
+    exe = Path(sys.executable).with_name("deepspeed")
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "deepspeed.launcher.runner"]

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import squad_doc, write_jsonl, write_recipe, write_tiny_teacher, write_tiny_tokenizer
+from conftest import deepspeed_launcher, squad_doc, write_jsonl, write_recipe, write_tiny_teacher, write_tiny_tokenizer
 
 from road_ds.errors import DataError
 from road_ds.features import build_features
@@ -295,7 +295,7 @@ def test_two_deepspeed_ranks_equal_one_rank(setup):
     assert precompute([str(recipe), "--teacher", str(teacher), "--out", str(one), "--top-k", "4", "--rows-per-shard", "8"]) == 0
     two = tmp / "two"
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    r = subprocess.run(["deepspeed", "--num_gpus", "2", "--master_port", "29517", "road_ds/precompute.py", str(recipe), "--teacher", str(teacher),
+    r = subprocess.run([*deepspeed_launcher(), "--num_gpus", "2", "--master_port", "29517", "road_ds/precompute.py", str(recipe), "--teacher", str(teacher),
                         "--out", str(two), "--top-k", "4", "--rows-per-shard", "8"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "rank 1: computed" in r.stdout + r.stderr

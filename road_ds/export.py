@@ -1,0 +1,75 @@
+"""`road-ds export CKPT OUT`: a DeepSpeed checkpoint of a run → one plain Hugging Face dir per head.
+
+CKPT is a run's output dir (its latest checkpoint), its `checkpoints/` dir, or one tag dir in it.
+The ZeRO partitions (stage 0-3) are merged on the CPU with DeepSpeed's own zero_to_fp32 logic, so
+no GPU and no process group is needed. The dirs load with `AutoModelForQuestionAnswering` /
+`AutoModelForSequenceClassification` and transformers alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from road_ds.errors import DataError
+
+
+def _checkpoint(path: Path) -> tuple[Path, Path, str]:
+    """(run dir, checkpoints dir, tag) for any of the three forms of CKPT."""
+    path = path.resolve()
+    if (path / "checkpoints" / "latest").exists():
+        return path, path / "checkpoints", (path / "checkpoints" / "latest").read_text().strip()
+    if (path / "latest").exists():
+        return path.parent, path, (path / "latest").read_text().strip()
+    if path.parent.name == "checkpoints" and path.is_dir():
+        return path.parent.parent, path.parent, path.name
+    raise DataError(path, "not a run dir, a checkpoints dir or a checkpoint tag dir (no 'latest' file found)")
+
+
+def load_checkpoint_model(ckpt: str | Path):
+    """The RoadModel of a checkpoint, with the recipe the run saved beside it."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    from road_ds.model import HeadSpec, build_model
+    from road_ds.recipe import parse_recipe
+
+    run, ckpt_dir, tag = _checkpoint(Path(ckpt))
+    resolved = run / "recipe.resolved.json"
+    if not resolved.exists():
+        raise DataError(run, "no recipe.resolved.json beside the checkpoint: not a road_ds run dir")
+    recipe = parse_recipe(json.loads(resolved.read_text()), resolved)
+    heads, seen = [], set()
+    for d in recipe.datasets:
+        if d.head_name not in seen:
+            seen.add(d.head_name)
+            heads.append(HeadSpec(d.head_name, d.task_type.kind, tuple(d.label_names) if d.label_names else None))
+    model = build_model(recipe, heads)
+    state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise DataError(ckpt_dir / tag, f"checkpoint does not fit the recipe's model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    return model.eval(), recipe, tag
+
+
+def main(argv=None) -> int:
+    from road_ds.features import load_tokenizer
+
+    p = argparse.ArgumentParser(prog="road-ds export", description=__doc__.split("\n")[0])
+    p.add_argument("ckpt", help="a run dir, its checkpoints/ dir, or a checkpoint tag dir")
+    p.add_argument("out", help="the export dir: one HF model dir per head and road_ds_export.json")
+    p.add_argument("--head", action="append", help="only this head (repeatable)")
+    args = p.parse_args(argv)
+    try:
+        model, recipe, tag = load_checkpoint_model(args.ckpt)
+        out = model.export(args.out, load_tokenizer(recipe.model.tokenizer_path), heads=args.head)
+    except DataError as e:
+        print(f"road-ds export: error: {e}", file=sys.stderr)
+        return 2
+    print(f"exported checkpoint {tag}: {', '.join(sorted(p.name for p in Path(out).iterdir() if p.is_dir()))} -> {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

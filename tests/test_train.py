@@ -1,0 +1,232 @@
+"""The trainer end to end on CPU: 2 DeepSpeed ranks, ZeRO-2 and ZeRO-3, a span task and two
+classification tasks sharing the encoder, KD from two teacher stores; SIGKILL and exact resume;
+the export against `road-ds evaluate`; errors before any compute."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import deepspeed_launcher, squad_doc, write_jsonl, write_tiny_teacher
+
+from road_ds.precompute import main as precompute
+
+REPO = Path(__file__).resolve().parent.parent
+DROPOUT = 0.1
+CTX = "Paris is the capital of France. The city has a population of two million people. It was founded by the Parisii."
+
+
+def _data(d: Path) -> None:
+    qas = [{"id": f"q{i}", "question": f"what is the capital {i}?", "answers": [{"text": "Paris", "answer_start": 0}]} for i in range(48)]
+    qas += [{"id": f"t{i}", "question": f"who founded it {i}?", "answers": [{"text": "the Parisii", "answer_start": CTX.index("the Parisii")}]} for i in range(48)]
+    (d / "squad.json").write_text(json.dumps(squad_doc([{"title": "P", "paragraphs": [{"context": CTX, "qas": qas}]}])))
+    (d / "squad_dev.json").write_text(json.dumps(squad_doc([{"title": "P", "paragraphs": [{"context": CTX, "qas": qas[:8] + qas[48:56]}]}])))
+    write_jsonl(d / "rt.jsonl", [{"text": ("great film " if i % 2 else "dull film ") + str(i), "label": "positive" if i % 2 else "negative"} for i in range(96)])
+    write_jsonl(d / "pairs.jsonl", [{"a": f"the king {i}", "b": ("the king" if i % 2 else "a city") + f" {i}", "label": "entailment" if i % 2 else "not_entailment"} for i in range(96)])
+
+
+def _recipe(d: Path, tok: Path, teachers: list[Path] | None, **train) -> dict:
+    vocab = len((tok / "vocab.txt").read_text().split())
+    r = {
+        "model": {"config": {"model_type": "bert", "vocab_size": vocab, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+                             "intermediate_size": 64, "max_position_embeddings": 64, "hidden_dropout_prob": DROPOUT, "attention_probs_dropout_prob": DROPOUT}, "tokenizer": str(tok)},
+        "features": {"max_seq_length": 40, "doc_stride": 12, "max_query_length": 12, "cache_dir": str(d / "features")},
+        "datasets": [
+            {"name": "sq", "task": "extractive_qa", "format": "squad_json", "files": {"train": "squad.json", "dev": "squad_dev.json"}},
+            {"name": "rt", "task": "sentiment", "format": "jsonl", "columns": {"text_a": "text"}, "files": {"train": "rt.jsonl", "dev": "rt.jsonl"}},
+            {"name": "pairs", "task": "classification", "head": "pair", "labels": ["entailment", "not_entailment"], "format": "jsonl",
+             "columns": {"text_a": "a", "text_b": "b"}, "files": {"train": "pairs.jsonl", "dev": "pairs.jsonl"}},
+        ],
+        "train": {"max_steps": 16, "micro_batch_size": 4, "lr": 2e-3, "warmup_steps": 2, "log_every": 1, "save_every": 4, "num_workers": 1, **train},
+        "mtl": {"passes": 4, "policy": "uniform"},
+    }
+    if teachers:
+        r["kd"] = {"teachers": [str(t) for t in teachers], "combine": "wkd", "alpha": 0.5, "temperature": 2.0}
+    return r
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """Data, two teacher stores (tiny random teachers) and DeepSpeed configs for CPU."""
+    from conftest import write_tiny_tokenizer
+
+    d = tmp_path_factory.mktemp("train")
+    tok = write_tiny_tokenizer(d / "tok")
+    _data(d)
+    stores = []
+    for seed in (0, 1):
+        export = d / f"teacher{seed}"
+        write_tiny_teacher(export / "span", tok, "span", seed=seed)
+        write_tiny_teacher(export / "sentiment", tok, "classification", ["negative", "positive"], seed=seed + 10)
+        write_tiny_teacher(export / "pair", tok, "classification", ["entailment", "not_entailment"], seed=seed + 20)
+        (export / "road_ds_export.json").write_text(json.dumps({"heads": {h: {"kind": "span" if h == "span" else "classification", "dir": h}
+                                                                          for h in ("span", "sentiment", "pair")}}))
+        (d / "teacher_recipe.yaml").write_text(yaml.safe_dump(_recipe(d, tok, None)))
+        assert precompute([str(d / "teacher_recipe.yaml"), "--teacher", str(export), "--out", str(d / f"store{seed}"), "--top-k", "4"]) == 0
+        stores.append(d / f"store{seed}")
+    for stage in (2, 3):
+        cfg = json.loads((REPO / "ds_configs" / f"zero{stage}.json").read_text())
+        cfg["optimizer"]["params"]["torch_adam"] = True  # no C++ op to compile for a CPU test
+        (d / f"zero{stage}.json").write_text(json.dumps(cfg))
+    (d / "kd.yaml").write_text(yaml.safe_dump(_recipe(d, tok, stores)))
+    return d, tok, stores
+
+
+def launch(d: Path, out: Path, stage: int, port=None, *extra, recipe: str = "kd.yaml", ranks: int = 2):
+    from road_ds.dist import _free_port
+
+    port = _free_port()  # a fixed port can still be in TIME_WAIT from the previous launch
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    cmd = [*deepspeed_launcher(), "--num_gpus", str(ranks), "--master_port", str(port), str(REPO / "road_ds" / "train.py"),
+           "--deepspeed", str(d / f"zero{stage}.json"), "--recipe", str(d / recipe), "--output-dir", str(out), *extra]
+    return subprocess.Popen(cmd, cwd=d, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def losses(out: Path, key: str = "loss") -> dict[int, float]:
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return {r["step"]: r[key] for r in rows if key in r}
+
+
+def finish(p, timeout=600) -> str:
+    text, _ = p.communicate(timeout=timeout)
+    assert p.returncode == 0, text[-4000:]
+    return text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage,port", [(2, 29611), (3, 29621)])
+def test_two_ranks_kd_loss_decreases_and_resume_after_sigkill_is_exact(world, stage, port):
+    d, tok, stores = world
+    sets = ()
+    ref = d / f"ref{stage}"
+    finish(launch(d, ref, stage, port, *sets))
+    full = losses(ref)
+    assert sorted(full) == list(range(1, 17))
+    qa = list(losses(ref, "loss/sq").values())  # steps mix datasets: compare a dataset with itself
+    assert len(qa) >= 8 and sum(qa[-3:]) / 3 < 0.9 * sum(qa[:3]) / 3, qa
+    metrics = [json.loads(x) for x in (ref / "metrics.jsonl").read_text().splitlines()]
+    assert any(k.startswith("kd/") and v > 0 for m in metrics for k, v in m.items())  # the KD term is in the loss
+    assert json.loads((ref / "eval_results.json").read_text())["macro"] >= 0
+    assert (ref / "export" / "road_ds_export.json").exists()
+
+    killed = d / f"killed{stage}"
+    p = launch(d, killed, stage, port + 1, *sets)
+    latest = killed / "checkpoints" / "latest"
+    deadline = time.time() + 300
+    while time.time() < deadline and p.poll() is None:
+        if latest.exists() and latest.read_text().strip() >= "step-00000008":
+            break
+        time.sleep(0.05)
+    if p.poll() is not None:
+        pytest.fail("the run ended before it could be killed:\n" + p.communicate()[0][-3000:])
+    os.killpg(p.pid, signal.SIGKILL)
+    p.communicate()
+    assert not (killed / "eval_results.json").exists(), "the run finished before it could be killed"
+    saved = int(latest.read_text().strip().split("-")[1])
+    assert 8 <= saved < 16
+    text = finish(launch(d, killed, stage, port + 2, *sets))
+    assert f"resumed from" in text and f"at step {saved}" in text
+    resumed = losses(killed)
+    assert sorted(resumed) == list(range(1, 17))
+    for s in range(1, saved + 2):  # up to the checkpoint, and the first step after the resume: exact
+        assert resumed[s] == pytest.approx(full[s], abs=1e-6, rel=1e-6), (s, resumed[s], full[s])
+    # ZeRO-2: exact to the end. ZeRO-3 (DeepSpeed 0.19.8, CPU): the optimizer update after a ZeRO-3 reload drifts by
+    # about 5e-4 relative from the second step on, with or without dropout: a known gap, bounded here, not hidden.
+    tol = 1e-6 if stage == 2 else 3e-3
+    for s in range(saved + 2, 17):
+        assert resumed[s] == pytest.approx(full[s], abs=tol, rel=tol), (s, resumed[s], full[s])
+
+
+@pytest.mark.slow
+def test_export_scores_the_same_through_evaluate(world):
+    """`road-ds evaluate` on the run's export (transformers models) reproduces the trainer's own eval."""
+    d, tok, stores = world
+    ref = d / "ref2"
+    if not (ref / "eval_results.json").exists():
+        finish(launch(d, ref, 2, 29631))
+    r = subprocess.run([sys.executable, "-m", "road_ds.cli", "evaluate", str(d / "kd.yaml"), "--model", str(ref), "--out", str(d / "eval")],
+                       capture_output=True, text=True, cwd=d)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ours = json.loads((d / "eval" / "metrics.json").read_text())
+    trainer = json.loads((ref / "eval_results.json").read_text())
+    for name in ("sq", "rt", "pairs"):
+        key = f"{name}/{'dev'}"
+        for metric in ("f1", "exact") if name == "sq" else ("accuracy", "macro_f1"):
+            assert ours[key][metric] == pytest.approx(trainer[name][metric], abs=1e-9), (name, metric)
+    preds = json.loads((d / "eval" / "sq-dev-predictions.json").read_text())
+    assert len(preds) == 16
+
+
+def test_errors_before_any_compute(world, tmp_path, capsys):
+    d, tok, stores = world
+    from road_ds.train import main
+
+    cfg = json.loads((d / "zero2.json").read_text())
+    cfg["gradient_accumulation_steps"] = 8
+    (tmp_path / "bad.json").write_text(json.dumps(cfg))
+    assert main(["--deepspeed", str(tmp_path / "bad.json"), "--recipe", str(d / "kd.yaml"), "--output-dir", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "bad.json" in err and "gradient_accumulation_steps" in err and "mtl.passes" in err
+    r = yaml.safe_load((d / "kd.yaml").read_text())
+    r["train"]["learning_rate"] = 1e-3
+    (tmp_path / "typo.yaml").write_text(yaml.safe_dump(r))
+    assert main(["--deepspeed", str(d / "zero2.json"), "--recipe", str(tmp_path / "typo.yaml"), "--output-dir", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "typo.yaml" in err and "train.learning_rate" in err
+    assert not (tmp_path / "o").exists()  # nothing was started
+
+
+@pytest.mark.slow
+def test_store_for_other_features_stops_training_with_both_fingerprints(world, tmp_path):
+    d, tok, stores = world
+    r = yaml.safe_load((d / "kd.yaml").read_text())
+    r["features"]["max_seq_length"] = 48  # other features than the stores were made on
+    (d / "other.yaml").write_text(yaml.safe_dump(r))
+    p = launch(d, tmp_path / "o", 2, 29641, recipe="other.yaml", ranks=1)
+    text, _ = p.communicate(timeout=300)
+    assert p.returncode != 0
+    assert "computed on features" in text and "store0" in text and "Traceback" not in text.split("computed on features")[0][-2000:]
+    assert not (tmp_path / "o" / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_export_from_checkpoint_gives_the_trainers_logits(world, tmp_path):
+    """`road-ds export` of the last ZeRO checkpoint: transformers alone reproduce the trained model's logits."""
+    import torch
+    from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification
+
+    from road_ds.export import load_checkpoint_model
+
+    d, tok, stores = world
+    ref = d / "ref3"  # ZeRO-3: partitions merged on the CPU
+    if not (ref / "eval_results.json").exists():
+        finish(launch(d, ref, 3, 29651))
+    r = subprocess.run([sys.executable, "-m", "road_ds.cli", "export", str(ref), str(tmp_path / "exp")], capture_output=True, text=True, cwd=d)
+    assert r.returncode == 0, r.stderr[-3000:]
+    model, recipe, tag = load_checkpoint_model(ref)
+    assert tag == "step-00000016"
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, 60, (3, 20), generator=g)
+    ids[:, 0] = 2
+    mask = torch.ones_like(ids)
+    mask[1, 15:] = 0
+    tt = torch.zeros_like(ids)
+    tt[:, 10:] = 1
+    with torch.no_grad():
+        for head, cls in (("span", AutoModelForQuestionAnswering), ("sentiment", AutoModelForSequenceClassification), ("pair", AutoModelForSequenceClassification)):
+            ours = model(head, ids, mask, tt)
+            for export_dir in (tmp_path / "exp", ref / "export"):  # `road-ds export`, and the trainer's own export
+                hf = cls.from_pretrained(str(export_dir / head)).eval()
+                out = hf(input_ids=ids, attention_mask=mask, token_type_ids=tt)
+                if head == "span":
+                    assert torch.allclose(out.start_logits, ours["start"], atol=1e-6) and torch.allclose(out.end_logits, ours["end"], atol=1e-6)
+                else:
+                    assert torch.allclose(out.logits, ours["cls"], atol=1e-6)
+    assert AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "exp" / "pair")).config.id2label == {0: "entailment", 1: "not_entailment"}
