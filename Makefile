@@ -21,11 +21,9 @@ venv: $(VENV)/.installed
 kit: venv
 	$(VENV)/bin/road-ds data fetch
 
+# The whole pipeline on the real data kit: 3 teachers, their stores, a student with and without WKD.
 demo: kit
-	$(VENV)/bin/road-ds features recipes/kit.yaml
-	$(VENV)/bin/road-ds features recipes/kit.yaml --dataset squad2 --split dev --oracle-predictions $(DEMO_OUT)
-	$(VENV)/bin/road-ds squad-eval $$($(VENV)/bin/road-ds data path)/squad2/dev.json \
-		$(DEMO_OUT)/squad2-dev-predictions.json --na-prob-file $(DEMO_OUT)/squad2-dev-na_probs.json
+	$(PY) -m road_ds.demo --out $(DEMO_OUT)
 
 # Real-data tests need the kit: fetch it first, and make them fail (not skip) without it.
 test: kit

@@ -122,7 +122,15 @@ def load_for_eval(model_path: Path, recipe):
     index = json.loads((path / EXPORT_INDEX).read_text())["heads"]
     first = path / next(iter(index.values()))["dir"]
     encoder = AutoModel.from_config(AutoConfig.from_pretrained(str(first)))
-    model = RoadModel(encoder, [HeadSpec(n, h["kind"], tuple(h["labels"]) if h.get("labels") else None) for n, h in index.items()])
+    def labels(n, h):
+        if h["kind"] != "classification":
+            return None
+        if h.get("labels"):
+            return tuple(h["labels"])
+        cfg = AutoConfig.from_pretrained(str(path / h["dir"]))  # an index without labels: the head's own config
+        return tuple(cfg.id2label[i] for i in range(cfg.num_labels))
+
+    model = RoadModel(encoder, [HeadSpec(n, h["kind"], labels(n, h)) for n, h in index.items()])
     load_export_weights(model, path, list(index))
     return model.eval()
 

@@ -194,6 +194,9 @@ def run(args) -> dict:
                                   world_size=world_env.size, lr=T.lr, weight_decay=T.weight_decay, betas=tuple(T.betas), eps=T.eps,
                                   grad_clip=T.grad_clip, bf16=bf16, hidden_size=_hidden_size(recipe))
     zero = ds_config.get("zero_optimization", {})
+    opt_params = ds_config.get("optimizer", {}).get("params", {})
+    if cpu and not zero.get("offload_optimizer") and "torch_adam" not in opt_params:
+        opt_params["torch_adam"] = True  # DeepSpeed's CPU Adam op costs minutes to compile and buys nothing here
     if cpu and zero.get("overlap_comm"):
         # the CPU has no communication streams to overlap with; and with it on, a ZeRO-2 resume on
         # gloo drifts from the uninterrupted run (measured ~1e-3 in the loss), with it off it is exact
@@ -384,6 +387,11 @@ def run(args) -> dict:
     if rank == 0:
         final = {n: {k: v for k, v in r.items() if isinstance(v, (int, float))} for n, r in results.items()}
         final["macro"] = macro(results)
+        import resource
+
+        # peak resident memory of this (training) process and of its largest DataLoader worker, in MiB
+        final["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        final["peak_rss_workers_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
         logger.log(step, {f"eval/{n}/{k}": v for n, r in results.items() for k, v in r.items() if isinstance(v, float)} | {"eval/macro": final["macro"]})
         write_json(out / "eval_results.json", final)
         log(json.dumps(final))

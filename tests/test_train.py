@@ -230,3 +230,31 @@ def test_export_from_checkpoint_gives_the_trainers_logits(world, tmp_path):
                 else:
                     assert torch.allclose(out.logits, ours["cls"], atol=1e-6)
     assert AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "exp" / "pair")).config.id2label == {0: "entailment", 1: "not_entailment"}
+
+
+@pytest.mark.slow
+def test_resume_with_another_recipe_or_teachers_is_refused(world):
+    d, tok, stores = world
+    ref = d / "ref2"
+    if not (ref / "eval_results.json").exists():
+        finish(launch(d, ref, 2, None))
+    for extra, what in ((("--set", "kd.alpha=0.3"), "recipe"), (("--set", f"kd.teachers=[{stores[0]}]"), "recipe")):
+        p = launch(d, ref, 2, None, *extra)
+        text, _ = p.communicate(timeout=300)
+        assert p.returncode != 0 and f"made with another {what}" in text and "--force-resume" in text
+
+
+def test_evaluate_refuses_a_model_without_the_datasets_head(world, tmp_path, capsys):
+    import shutil
+
+    from road_ds.evaluate import main as evaluate
+
+    d, tok, stores = world
+    export = tmp_path / "export"
+    shutil.copytree(d / "teacher0", export)
+    index = json.loads((export / "road_ds_export.json").read_text())
+    del index["heads"]["pair"]
+    (export / "road_ds_export.json").write_text(json.dumps(index))
+    assert evaluate([str(d / "kd.yaml"), "--model", str(export), "--out", str(tmp_path / "e")]) == 2
+    err = capsys.readouterr().err
+    assert "no head 'pair'" in err and "pairs" in err
