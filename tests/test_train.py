@@ -137,8 +137,9 @@ def test_two_ranks_kd_loss_decreases_and_resume_after_sigkill_is_exact(world, st
     assert sorted(resumed) == list(range(1, 17))
     for s in range(1, saved + 2):  # up to the checkpoint, and the first step after the resume: exact
         assert resumed[s] == pytest.approx(full[s], abs=1e-6, rel=1e-6), (s, resumed[s], full[s])
-    # ZeRO-2: exact to the end. ZeRO-3 (DeepSpeed 0.19.8, CPU): the optimizer update after a ZeRO-3 reload drifts by
-    # about 5e-4 relative from the second step on, with or without dropout: a known gap, bounded here, not hidden.
+    # ZeRO-2: exact to the end. ZeRO-3 (DeepSpeed 0.19.8): a fresh engine rounds its first steps differently from a
+    # warmed-up one (an uninterrupted ZeRO-3 run parts from ZeRO-0/2 by ~1e-5 too), so after a resume the
+    # losses drift by ~5e-4 relative although the restored state compares equal: bounded here, not hidden.
     tol = 1e-6 if stage == 2 else 3e-3
     for s in range(saved + 2, 17):
         assert resumed[s] == pytest.approx(full[s], abs=tol, rel=tol), (s, resumed[s], full[s])
