@@ -67,6 +67,12 @@ def _hidden_size(recipe: Recipe) -> int | None:
         return None
 
 
+def _worker_init(_: int) -> None:
+    """DataLoader workers leave SIGTERM/SIGUSR1 to the training process, which checkpoints and then ends them."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+
+
 def _lr_lambda(warmup: int, total: int):
     def f(step: int) -> float:
         if step < warmup:
@@ -275,7 +281,7 @@ def run(args) -> dict:
         logger.truncate_after(step)
     batches = TrainBatches(train_tables, teachers, sampler_kwargs, state, T.max_steps, tokenizer.pad_token_id or 0)
     loader = torch.utils.data.DataLoader(batches, batch_size=None, num_workers=T.num_workers, persistent_workers=False,
-                                         prefetch_factor=4 if T.num_workers else None)
+                                         prefetch_factor=4 if T.num_workers else None, worker_init_fn=_worker_init)
     it = iter(loader)
     if rng is not None:
         _set_rng_state(rng)  # after the loader drew its worker seeds, as the uninterrupted run had

@@ -1,0 +1,164 @@
+"""The real sbatch scripts on a one-node Slurm cluster (tests/slurm_cluster.sh; CI starts it):
+precompute of 2 teachers as an array, a 2-rank student with KD after it, preemption by signal and an
+abrupt kill, each followed by a requeue that resumes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import write_tiny_teacher, write_tiny_tokenizer
+from test_train import _data, _recipe
+
+REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slurm
+
+
+def _cluster_up() -> bool:
+    if not shutil.which("sbatch"):
+        return False
+    r = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True)
+    return r.returncode == 0 and any(s in r.stdout for s in ("idle", "mix", "alloc"))
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    if not _cluster_up():
+        if os.environ.get("ROAD_DS_REQUIRE_SLURM") == "1":
+            pytest.fail("no Slurm cluster: run `bash tests/slurm_cluster.sh start` (as root)")
+        pytest.skip("no Slurm cluster (bash tests/slurm_cluster.sh start)")
+
+
+def sbatch(*args, env: dict) -> str:
+    r = subprocess.run(["sbatch", "--parsable", *map(str, args)], cwd=REPO, env={**os.environ, **env}, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.strip().split(";")[0]
+
+
+def state(job: str) -> str:
+    r = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True)
+    for tok in r.stdout.split():
+        if tok.startswith("JobState="):
+            return tok.split("=", 1)[1]
+    return "GONE"
+
+
+def wait_done(jobs: list[str], timeout: float = 900) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        states = [state(j) for j in jobs]
+        if all(s in ("COMPLETED", "GONE") for s in states):
+            return
+        bad = [s for s in states if s in ("FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY")]
+        assert not bad, f"jobs {jobs}: {states}"
+        time.sleep(2)
+    pytest.fail(f"jobs {jobs} did not finish in {timeout} s: {[state(j) for j in jobs]}")
+
+
+@pytest.fixture(scope="module")
+def pipeline(cluster, tmp_path_factory):
+    """Two teachers' stores by a precompute array job, then the 2-rank student job that depends on it."""
+    d = tmp_path_factory.mktemp("slurm")
+    tok = write_tiny_tokenizer(d / "tok")
+    _data(d)
+    for seed in (0, 1):
+        export = d / f"t{seed}" / "export"
+        write_tiny_teacher(export / "span", tok, "span", seed=seed)
+        write_tiny_teacher(export / "sentiment", tok, "classification", ["negative", "positive"], seed=seed + 10)
+        write_tiny_teacher(export / "pair", tok, "classification", ["entailment", "not_entailment"], seed=seed + 20)
+        (export / "road_ds_export.json").write_text(json.dumps({"heads": {h: {"kind": "span" if h == "span" else "classification", "dir": h}
+                                                                          for h in ("span", "sentiment", "pair")}}))
+    (d / "teachers.yaml").write_text(yaml.safe_dump(_recipe(d, tok, None)))
+    stores = [d / "stores" / "t0", d / "stores" / "t1"]
+    (d / "student.yaml").write_text(yaml.safe_dump(_recipe(d, tok, stores)))
+    env = {"PYTHON": sys.executable, "ROAD_DS_CACHE": str(d / "cache"), "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    array = sbatch("--array=0-1", "--ntasks-per-node=1", "--cpus-per-task=1", f"--output={d}/pre-%A_%a.out", "slurm/precompute_logits.sh",
+                   env={**env, "TEACHERS": f"{d}/t0/export {d}/t1/export", "RECIPE": str(d / "teachers.yaml"), "STORES": str(d / "stores")})
+    student = sbatch(f"--dependency=afterok:{array}", "--ntasks-per-node=2", "--cpus-per-task=1", f"--output={d}/student-%j.out",
+                     "slurm/train_road.sh", env={**env, "RECIPE": str(d / "student.yaml"), "OUT": str(d / "run")})
+    wait_done([array, student])
+    return d, env
+
+
+def losses(out: Path) -> dict[int, float]:
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+
+def test_precompute_array_then_student_with_kd(pipeline):
+    from transformers import AutoModelForQuestionAnswering
+
+    from road_ds.store import inspect
+
+    d, env = pipeline
+    for t in ("t0", "t1"):
+        report = inspect(d / "stores" / t)
+        assert report["problems"] == [] and set(report["entries"]) == {"sq/train", "rt/train", "pairs/train"}
+    run = d / "run"
+    assert sorted(losses(run)) == list(range(1, 17))
+    assert json.loads((run / "ds_config.resolved.json").read_text())["train_batch_size"] == 4 * 4 * 2  # 2 ranks
+    metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert any(k.startswith("kd/") and v > 0 for m in metrics for k, v in m.items())
+    assert json.loads((run / "eval_results.json").read_text())["macro"] >= 0
+    AutoModelForQuestionAnswering.from_pretrained(str(run / "export" / "span"))
+
+
+def _submit_student(d: Path, env: dict, out: Path) -> str:
+    return sbatch("--ntasks-per-node=2", "--cpus-per-task=1", f"--output={d}/{out.name}-%j.out", "slurm/train_road.sh",
+                  env={**env, "RECIPE": str(d / "student.yaml"), "OUT": str(out)})
+
+
+def _wait_for_checkpoint(out: Path, job: str, at_least: int, timeout: float = 600) -> None:
+    latest = out / "checkpoints" / "latest"
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if latest.exists() and int(latest.read_text().strip().split("-")[1]) >= at_least:
+            return
+        assert state(job) in ("PENDING", "RUNNING", "CONFIGURING"), state(job)
+        time.sleep(0.2)
+    pytest.fail("no checkpoint in time")
+
+
+def test_preemption_signal_checkpoints_requeues_and_ends_with_the_same_loss(pipeline):
+    d, env = pipeline
+    out = d / "preempted"
+    job = _submit_student(d, env, out)
+    _wait_for_checkpoint(out, job, 4)
+    subprocess.run(["scancel", "--signal=USR1", job], check=True)  # what --signal=USR1@300 sends before the time limit
+    wait_done([job])
+    log = (d / f"preempted-{job}.out").read_text()
+    assert "stopped by a signal" in log and "requeueing job" in log and "resumed from" in log, log[-3000:]
+    ref, got = losses(d / "run"), losses(out)
+    assert sorted(got) == list(range(1, 17))
+    for s in range(1, 17):
+        assert got[s] == pytest.approx(ref[s], abs=1e-6, rel=1e-6), (s, got[s], ref[s])
+
+
+def test_abrupt_kill_loses_at_most_the_steps_since_the_checkpoint(pipeline):
+    d, env = pipeline
+    out = d / "killed"
+    job = _submit_student(d, env, out)
+    _wait_for_checkpoint(out, job, 4)
+    pids = subprocess.run(["pgrep", "-f", "--", f"--output-dir {out}"], capture_output=True, text=True).stdout.split()
+    ranks = []
+    for p in pids:  # the python ranks themselves, not srun or the batch shell
+        argv = Path(f"/proc/{p}/cmdline").read_text(errors="ignore").split("\0")
+        if "python" in Path(argv[0]).name and any(a.endswith("train.py") for a in argv):
+            ranks.append(p)
+    assert len(ranks) >= 2, f"rank processes not found among {pids}"
+    for p in ranks:
+        os.kill(int(p), signal.SIGKILL)
+    wait_done([job])
+    log = (d / f"killed-{job}.out").read_text()
+    assert "requeueing job" in log and "resumed from" in log, log[-3000:]
+    ref, got = losses(d / "run"), losses(out)
+    assert sorted(got) == list(range(1, 17))
+    assert got[16] == pytest.approx(ref[16], abs=1e-6, rel=1e-6)
