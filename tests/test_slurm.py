@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import write_tiny_teacher, write_tiny_tokenizer
-from test_train import _data, _recipe
+from conftest import write_tiny_tokenizer
+from test_train import _data, _recipe, write_teacher_export
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slurm
@@ -70,12 +70,7 @@ def pipeline(cluster, tmp_path_factory):
     tok = write_tiny_tokenizer(d / "tok")
     _data(d)
     for seed in (0, 1):
-        export = d / f"t{seed}" / "export"
-        write_tiny_teacher(export / "span", tok, "span", seed=seed)
-        write_tiny_teacher(export / "sentiment", tok, "classification", ["negative", "positive"], seed=seed + 10)
-        write_tiny_teacher(export / "pair", tok, "classification", ["entailment", "not_entailment"], seed=seed + 20)
-        (export / "road_ds_export.json").write_text(json.dumps({"heads": {h: {"kind": "span" if h == "span" else "classification", "dir": h}
-                                                                          for h in ("span", "sentiment", "pair")}}))
+        write_teacher_export(d / f"t{seed}" / "export", tok, seed)
     (d / "teachers.yaml").write_text(yaml.safe_dump(_recipe(d, tok, None)))
     stores = [d / "stores" / "t0", d / "stores" / "t1"]
     (d / "student.yaml").write_text(yaml.safe_dump(_recipe(d, tok, stores)))

@@ -23,6 +23,16 @@ DROPOUT = 0.1
 CTX = "Paris is the capital of France. The city has a population of two million people. It was founded by the Parisii."
 
 
+def write_teacher_export(export: Path, tok: Path, seed: int) -> Path:
+    """Tiny random teachers for the three heads of `_recipe`, as an export dir (what precompute reads)."""
+    write_tiny_teacher(export / "span", tok, "span", seed=seed)
+    write_tiny_teacher(export / "sentiment", tok, "classification", ["negative", "positive"], seed=seed + 10)
+    write_tiny_teacher(export / "pair", tok, "classification", ["entailment", "not_entailment"], seed=seed + 20)
+    heads = {h: {"kind": "span" if h == "span" else "classification", "dir": h} for h in ("span", "sentiment", "pair")}
+    (export / "road_ds_export.json").write_text(json.dumps({"heads": heads}))
+    return export
+
+
 def _data(d: Path) -> None:
     qas = [{"id": f"q{i}", "question": f"what is the capital {i}?", "answers": [{"text": "Paris", "answer_start": 0}]} for i in range(48)]
     qas += [{"id": f"t{i}", "question": f"who founded it {i}?", "answers": [{"text": "the Parisii", "answer_start": CTX.index("the Parisii")}]} for i in range(48)]
@@ -62,12 +72,7 @@ def world(tmp_path_factory):
     _data(d)
     stores = []
     for seed in (0, 1):
-        export = d / f"teacher{seed}"
-        write_tiny_teacher(export / "span", tok, "span", seed=seed)
-        write_tiny_teacher(export / "sentiment", tok, "classification", ["negative", "positive"], seed=seed + 10)
-        write_tiny_teacher(export / "pair", tok, "classification", ["entailment", "not_entailment"], seed=seed + 20)
-        (export / "road_ds_export.json").write_text(json.dumps({"heads": {h: {"kind": "span" if h == "span" else "classification", "dir": h}
-                                                                          for h in ("span", "sentiment", "pair")}}))
+        export = write_teacher_export(d / f"teacher{seed}", tok, seed)
         (d / "teacher_recipe.yaml").write_text(yaml.safe_dump(_recipe(d, tok, None)))
         assert precompute([str(d / "teacher_recipe.yaml"), "--teacher", str(export), "--out", str(d / f"store{seed}"), "--top-k", "4"]) == 0
         stores.append(d / f"store{seed}")
