@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A one-node Slurm cluster on this machine, for the sbatch tests: `start` installs Debian's slurmctld,
-# slurmd and munge when missing, writes a slurm.conf for this host into $SLURM_TEST_DIR, starts the
+# slurmd and munge (and shellcheck, for the script tests) when missing, writes a slurm.conf for this host, starts the
 # daemons and waits for the node; `stop` ends exactly the daemons `start` started, by their pids.
 set -euo pipefail
 DIR=${SLURM_TEST_DIR:-/tmp/road_ds_slurm}
@@ -20,10 +20,11 @@ if [[ $cmd == stop ]]; then
   exit 0
 fi
 
-if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null || ! command -v munged >/dev/null || ! command -v sbatch >/dev/null; then
+if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null || ! command -v munged >/dev/null \
+   || ! command -v sbatch >/dev/null || ! command -v shellcheck >/dev/null; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq slurmctld slurmd slurm-client munge >/dev/null
+  apt-get install -y -qq slurmctld slurmd slurm-client munge shellcheck >/dev/null
 fi
 
 stop
