@@ -107,7 +107,7 @@ def macro(results: dict[str, dict]) -> float:
 # ---------------------------------------------------------------------------- command
 
 
-def load_for_eval(model_path: Path, recipe):
+def load_for_eval(model_path: Path):
     """A RoadModel from an export dir, or from a run dir (its final export)."""
     from road_ds.model import EXPORT_INDEX, HeadSpec, RoadModel, load_export_weights
     from transformers import AutoConfig, AutoModel
@@ -150,7 +150,7 @@ def main(argv=None) -> int:
     try:
         recipe = load_recipe(args.recipe)
         tokenizer = load_tokenizer(recipe.model.tokenizer_path)
-        model = load_for_eval(Path(args.model), recipe)
+        model = load_for_eval(Path(args.model))
         results = {}
         for d in recipe.datasets:
             if args.dataset and d.name not in args.dataset:
@@ -164,7 +164,7 @@ def main(argv=None) -> int:
             results[f"{d.name}/{split}"] = evaluate_split(model, ft, 0, 1, args.batch_size, tokenizer.pad_token_id or 0, torch.device("cpu"),
                                                           out_dir=Path(args.out), n_best_size=recipe.train.n_best_size,
                                                           max_answer_length=recipe.train.max_answer_length)
-        results["macro"] = macro({k: v for k, v in results.items()})
+        results["macro"] = macro(results)
         write_json(Path(args.out) / "metrics.json", results)
         for k, v in results.items():
             print(f"{k}: {v if k == 'macro' else {m: round(x, 4) for m, x in v.items() if isinstance(x, float)}}")

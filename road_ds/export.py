@@ -32,7 +32,7 @@ def load_checkpoint_model(ckpt: str | Path):
     """The RoadModel of a checkpoint, with the recipe the run saved beside it."""
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    from road_ds.model import HeadSpec, build_model
+    from road_ds.model import build_model
     from road_ds.recipe import parse_recipe
 
     run, ckpt_dir, tag = _checkpoint(Path(ckpt))
@@ -40,12 +40,7 @@ def load_checkpoint_model(ckpt: str | Path):
     if not resolved.exists():
         raise DataError(run, "no recipe.resolved.json beside the checkpoint: not a road_ds run dir")
     recipe = parse_recipe(json.loads(resolved.read_text()), resolved)
-    heads, seen = [], set()
-    for d in recipe.datasets:
-        if d.head_name not in seen:
-            seen.add(d.head_name)
-            heads.append(HeadSpec(d.head_name, d.task_type.kind, tuple(d.label_names) if d.label_names else None))
-    model = build_model(recipe, heads)
+    model = build_model(recipe)
     state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:

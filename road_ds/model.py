@@ -184,9 +184,17 @@ def load_export_weights(model: RoadModel, path: str | Path, heads: list[str] | N
     return names
 
 
-def build_model(recipe, heads: list[HeadSpec]) -> RoadModel:
+def recipe_heads(recipe) -> list[HeadSpec]:
+    """One head per head name of the recipe's datasets, in order of first use."""
+    heads: dict[str, HeadSpec] = {}
+    for d in recipe.datasets:
+        heads.setdefault(d.head_name, HeadSpec(d.head_name, d.task_type.kind, tuple(d.label_names) if d.label_names else None))
+    return list(heads.values())
+
+
+def build_model(recipe, heads: list[HeadSpec] | None = None) -> RoadModel:
     spec = recipe.model
-    model = RoadModel(build_encoder(spec, seed=recipe.train.seed), heads)
+    model = RoadModel(build_encoder(spec, seed=recipe.train.seed), heads if heads is not None else recipe_heads(recipe))
     if spec.init_from:
         load_export_weights(model, spec.init_from, spec.init_heads)
     return model

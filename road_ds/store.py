@@ -25,6 +25,7 @@ import torch
 
 from road_ds.atomic import write_json
 from road_ds.errors import DataError
+from road_ds.features import file_hash
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -61,14 +62,6 @@ def decode_logits(a: np.ndarray, dtype: str) -> torch.Tensor:
     return torch.from_numpy(np.require(a, requirements="W")).float()  # a read-only mmap view is copied
 
 
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def ids_digest(ids: np.ndarray) -> str:
     """Identity of a feature table's rows: sha256 of its feature_id column in table order."""
     return hashlib.sha256(np.ascontiguousarray(ids, dtype=np.int64).tobytes()).hexdigest()
@@ -91,7 +84,7 @@ def write_shard(path: Path, columns: dict, schema: pa.Schema, compression: str, 
     with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema, options=options) as writer:
         writer.write_batch(batch)
     os.replace(tmp, path)
-    info = {**meta, "file": path.name, "rows": batch.num_rows, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+    info = {**meta, "file": path.name, "rows": batch.num_rows, "bytes": path.stat().st_size, "sha256": file_hash(path)}
     write_json(sidecar(path), info)
     return info
 
@@ -116,7 +109,7 @@ def verify_file(path: Path, info: dict) -> str | None:
         return "missing"
     if path.stat().st_size != info.get("bytes"):
         return f"size {path.stat().st_size} bytes, {info.get('bytes')} recorded (truncated?)"
-    if sha256_file(path) != info.get("sha256"):
+    if file_hash(path) != info.get("sha256"):
         return "sha256 does not match the recorded one (damaged)"
     return None
 

@@ -178,7 +178,7 @@ def run(args) -> dict:
     from road_ds.ds_config import resolve_ds_config
     from road_ds.evaluate import evaluate_split, macro
     from road_ds.features import build_features, load_tokenizer
-    from road_ds.model import HeadSpec, build_model, param_groups
+    from road_ds.model import build_model, param_groups
     from road_ds.store import TeacherStore
 
     import datasets
@@ -246,13 +246,8 @@ def run(args) -> dict:
             teachers[name] = kd.teachers
             teacher_ids[name] = [hashlib.sha256((Path(p) / "manifest.json").read_bytes()).hexdigest() for p in kd.teachers]
 
-    heads, seen = [], set()
-    for d in recipe.datasets:
-        if d.head_name not in seen:
-            seen.add(d.head_name)
-            heads.append(HeadSpec(d.head_name, d.task_type.kind, tuple(d.label_names) if d.label_names else None))
     _set_seed(T.seed)
-    model = build_model(recipe, heads)
+    model = build_model(recipe)
     groups = param_groups(model, T.lr, T.weight_decay, T.layer_lr_decay)
     scheduler = lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(T.warmup_steps, T.max_steps))  # noqa: E731
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=groups, config=ds_config, lr_scheduler=scheduler)
