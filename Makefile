@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
 DEMO_OUT ?= outputs/demo
 
-.PHONY: venv demo test kit bench clean
+.PHONY: venv demo test kit bench study clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,8 +30,15 @@ test: kit
 	ROAD_DS_REQUIRE_KIT=1 $(PY) -m pytest -q
 
 # Benchmarks (speed and size targets are checked here, never by timed tests); tables go to docs/.
+# On a CUDA GPU: bash bench/gpu.sh (docs/bench_gpu.md).
 bench: kit
+	$(PY) bench/kd_bench.py --out docs/bench_kd.md
 	$(PY) bench/store_bench.py --out docs/bench_store.md
+
+# The quality study (recipes/study/runs.yaml → docs/results.md); a rerun skips finished runs.
+STUDY_JOBS ?= 2
+study: kit
+	$(PY) -m road_ds.study --plan recipes/study/runs.yaml --out outputs/study --results docs/results.md --jobs $(STUDY_JOBS)
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

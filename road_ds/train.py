@@ -171,11 +171,70 @@ def compute_loss(recipe: Recipe, name: str, kind: str, out: dict, batch: dict, t
     return total, parts
 
 
+def schedule_kwargs(recipe: Recipe, tables: dict, world: int, rank: int) -> dict:
+    """The MTL sampler's arguments: which dataset and rows each micro-batch of each step takes."""
+    T, mtl = recipe.train, recipe.mtl
+    return dict(sizes={n: len(ft) for n, ft in tables.items()}, micro_batch_size=T.micro_batch_size, passes=mtl.passes,
+                world=world, rank=rank, policy=mtl.policy, temperature=mtl.temperature, seed=T.seed)
+
+
+def train_loader(recipe: Recipe, tables: dict, teachers: dict, sampler_kwargs: dict, state: dict | None, pad_id: int):
+    """Micro-batches in schedule order from `state` on; DataLoader workers gather the teacher targets."""
+    from road_ds.data import TrainBatches
+
+    batches = TrainBatches(tables, teachers, sampler_kwargs, state, recipe.train.max_steps, pad_id)
+    workers = recipe.train.num_workers
+    return torch.utils.data.DataLoader(batches, batch_size=None, num_workers=workers, persistent_workers=False,
+                                       prefetch_factor=4 if workers else None, worker_init_fn=_worker_init)
+
+
+def engine_config(recipe: Recipe, path: str, world_size: int, cpu: bool) -> dict:
+    """The DeepSpeed config with its "auto" fields from the recipe (a contradiction is an error), and
+    the CPU adjustments."""
+    from road_ds.ds_config import resolve_ds_config
+
+    T = recipe.train
+    bf16 = (not cpu) and torch.cuda.is_bf16_supported()
+    ds_config = resolve_ds_config(path, micro_batch_size=T.micro_batch_size, passes=recipe.mtl.passes, world_size=world_size, lr=T.lr,
+                                  weight_decay=T.weight_decay, betas=tuple(T.betas), eps=T.eps, grad_clip=T.grad_clip, bf16=bf16,
+                                  hidden_size=_hidden_size(recipe))
+    zero = ds_config.get("zero_optimization", {})
+    opt_params = ds_config.get("optimizer", {}).get("params", {})
+    if cpu and not zero.get("offload_optimizer") and "torch_adam" not in opt_params:
+        opt_params["torch_adam"] = True  # DeepSpeed's CPU Adam op costs minutes to compile and buys nothing here
+    if cpu and zero.get("overlap_comm"):
+        # the CPU has no communication streams to overlap with; and with it on, a ZeRO-2 resume on
+        # gloo drifts from the uninterrupted run (measured ~1e-3 in the loss), with it off it is exact
+        zero["overlap_comm"] = False
+    return ds_config
+
+
+def train_step(engine, it, recipe: Recipe, tables: dict, step: int, device, teacher_of=lambda item: item.get("teacher")) -> tuple[list, float]:
+    """One optimizer step: `mtl.passes` micro-batches from the loader, each forward, loss, backward
+    (DeepSpeed steps at the last). Returns (dataset, loss, parts, rows) per micro-batch and the
+    seconds spent waiting for the loader. `teacher_of` gives a micro-batch's teacher targets: the
+    ones the loader gathered from the stores (online-KD baselines pass their own)."""
+    micros, wait = [], 0.0
+    for micro in range(recipe.mtl.passes):
+        t0 = time.perf_counter()
+        item = next(it)
+        wait += time.perf_counter() - t0
+        assert item["step"] == step and item["micro"] == micro, "the data order left the schedule"
+        name = item["dataset"]
+        ft = tables[name]
+        batch = item["batch"]
+        inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+        outputs = engine(ft.spec.head_name, **inputs)
+        loss, parts = compute_loss(recipe, name, ft.spec.task_type.kind, outputs, batch, teacher_of(item), step)
+        engine.backward(loss)
+        engine.step()
+        micros.append((name, loss.item(), {k: float(v) for k, v in parts.items()}, len(batch["input_ids"])))
+    return micros, wait
+
+
 def run(args) -> dict:
     import deepspeed
 
-    from road_ds.data import TrainBatches
-    from road_ds.ds_config import resolve_ds_config
     from road_ds.evaluate import evaluate_split, macro
     from road_ds.features import build_features, load_tokenizer
     from road_ds.model import build_model, param_groups
@@ -194,19 +253,7 @@ def run(args) -> dict:
     # the DeepSpeed config first: a contradiction with the recipe stops us before any work
     from road_ds.dist import export_env
 
-    world_env = export_env()
-    bf16 = (not cpu) and torch.cuda.is_bf16_supported()
-    ds_config = resolve_ds_config(args.deepspeed_config, micro_batch_size=T.micro_batch_size, passes=recipe.mtl.passes,
-                                  world_size=world_env.size, lr=T.lr, weight_decay=T.weight_decay, betas=tuple(T.betas), eps=T.eps,
-                                  grad_clip=T.grad_clip, bf16=bf16, hidden_size=_hidden_size(recipe))
-    zero = ds_config.get("zero_optimization", {})
-    opt_params = ds_config.get("optimizer", {}).get("params", {})
-    if cpu and not zero.get("offload_optimizer") and "torch_adam" not in opt_params:
-        opt_params["torch_adam"] = True  # DeepSpeed's CPU Adam op costs minutes to compile and buys nothing here
-    if cpu and zero.get("overlap_comm"):
-        # the CPU has no communication streams to overlap with; and with it on, a ZeRO-2 resume on
-        # gloo drifts from the uninterrupted run (measured ~1e-3 in the loss), with it off it is exact
-        zero["overlap_comm"] = False
+    ds_config = engine_config(recipe, args.deepspeed_config, export_env().size, cpu)
     deepspeed.init_distributed(dist_backend="gloo" if cpu else "nccl")
     import torch.distributed as dist
 
@@ -254,8 +301,7 @@ def run(args) -> dict:
 
     # resume: the latest complete checkpoint of this output dir
     ckpt_dir = out / "checkpoints"
-    sampler_kwargs = dict(sizes={n: len(ft) for n, ft in train_tables.items()}, micro_batch_size=T.micro_batch_size, passes=recipe.mtl.passes,
-                          world=world, rank=rank, policy=recipe.mtl.policy, temperature=recipe.mtl.temperature, seed=T.seed)
+    sampler_kwargs = schedule_kwargs(recipe, train_tables, world, rank)
     state, step = None, 0
     best = -1.0
     rng = None
@@ -274,10 +320,7 @@ def run(args) -> dict:
     logger = Logger(out, rank == 0, T.max_steps, step)
     if step:
         logger.truncate_after(step)
-    batches = TrainBatches(train_tables, teachers, sampler_kwargs, state, T.max_steps, tokenizer.pad_token_id or 0)
-    loader = torch.utils.data.DataLoader(batches, batch_size=None, num_workers=T.num_workers, persistent_workers=False,
-                                         prefetch_factor=4 if T.num_workers else None, worker_init_fn=_worker_init)
-    it = iter(loader)
+    it = iter(train_loader(recipe, train_tables, teachers, sampler_kwargs, state, tokenizer.pad_token_id or 0))
     if rng is not None:
         _set_rng_state(rng)  # after the loader drew its worker seeds, as the uninterrupted run had
 
@@ -288,7 +331,7 @@ def run(args) -> dict:
         position.load_state_dict(state)
     names = sorted(train_tables)
     acc = torch.zeros(len(names), 4, dtype=torch.float64)  # loss, ce, kd, count per dataset since the last log
-    t_log, samples = time.time(), 0
+    t_log, samples, waited, stepped = time.time(), 0, 0.0, 0.0
     results = {}
 
     def evaluate_all() -> dict:
@@ -335,20 +378,13 @@ def run(args) -> dict:
     engine.train()
     while step < T.max_steps:
         position.next_step()
-        for micro in range(recipe.mtl.passes):
-            item = next(it)
-            assert item["step"] == step and item["micro"] == micro, "the data order left the schedule"
-            name = item["dataset"]
-            ft = train_tables[name]
-            batch = item["batch"]
-            inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
-            outputs = engine(ft.spec.head_name, **inputs)
-            loss, parts = compute_loss(recipe, name, ft.spec.task_type.kind, outputs, batch, item.get("teacher"), step)
-            engine.backward(loss)
-            engine.step()
-            i = names.index(name)
-            acc[i] += torch.tensor([loss.item(), float(parts["ce"]), float(parts["kd"]), 1.0], dtype=torch.float64)
-            samples += len(batch["input_ids"]) * world
+        t_step = time.perf_counter()
+        micros, wait = train_step(engine, it, recipe, train_tables, step, device)
+        for name, loss, parts, rows in micros:
+            acc[names.index(name)] += torch.tensor([loss, parts["ce"], parts["kd"], 1.0], dtype=torch.float64)
+            samples += rows * world
+        waited += wait
+        stepped += time.perf_counter() - t_step
         step += 1
         if step % T.log_every == 0 or step == T.max_steps:
             tot = _all_reduce_sum(acc.clone())
@@ -361,10 +397,11 @@ def run(args) -> dict:
                         vals[f"{k}/{n}"] = tot[j, col].item() / tot[j, 3].item()
             dt = time.time() - t_log
             vals["samples_per_s"] = samples / max(dt, 1e-9)
+            vals["data_wait_frac"] = waited / max(stepped, 1e-9)  # of the step time, spent waiting for the DataLoader
             logger.log(step, vals)
             logger.progress(T.log_every if step % T.log_every == 0 else step % T.log_every, loss=f"{vals['loss']:.4f}", sps=f"{vals['samples_per_s']:.1f}")
             acc.zero_()
-            t_log, samples = time.time(), 0
+            t_log, samples, waited, stepped = time.time(), 0, 0.0, 0.0
         if T.eval_every and step % T.eval_every == 0 and step < T.max_steps:
             results = evaluate_all()
             if rank == 0:

@@ -1,0 +1,316 @@
+"""KD cost benchmark: offline targets from teacher stores against no KD and against online KD.
+
+    python bench/kd_bench.py [--out docs/bench_kd.md]                       # CPU: MiniLM-L3 student, L6 teachers
+    python bench/kd_bench.py --student electra-base --teacher electra-large  # GPU (bench/gpu.sh)
+
+Every variant runs the trainer's own step (`road_ds.train.train_step`: the MTL schedule's
+micro-batches from the DataLoader, forward, loss, backward, DeepSpeed step) on the same student,
+data, batch and steps, in its own process (so peak memory is its own):
+  (a) no KD; (b) offline KD, M teachers' targets gathered from stores by the DataLoader workers;
+  (c) online KD, M teachers resident in the training process, run forward on every micro-batch.
+Variants are interleaved over rounds and the median step time of each is kept, so the ratios hold
+on a noisy machine. Then ZeRO-2/3 on 1 and 2 ranks with (b). Teachers have random weights: speed
+and memory do not depend on what they learned.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from road_ds.atomic import write_text  # noqa: E402
+from road_ds.recipe import cache_root  # noqa: E402
+
+# encoders built from a config (no weights needed to measure cost); anything else is a model dir
+PRESETS = {
+    "electra-base": {"model_type": "electra", "embedding_size": 768, "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
+                     "intermediate_size": 3072, "max_position_embeddings": 512},
+    "electra-large": {"model_type": "electra", "embedding_size": 1024, "hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16,
+                      "intermediate_size": 4096, "max_position_embeddings": 512},
+}
+
+
+def model_spec(name: str, kit: Path) -> dict:
+    tok = str(kit / "models" / "minilm-l6")
+    if name in PRESETS:
+        return {"config": PRESETS[name], "tokenizer": tok}
+    path = kit / "models" / name if (kit / "models" / name).exists() else Path(name)
+    return {"name_or_path": str(path), "tokenizer": tok}
+
+
+def bench_recipe(work: Path, kit: Path, student: str, args) -> dict:
+    """The study's three tasks and lengths, on slices of the kit's train splits."""
+    n = args.rows
+    return {
+        "model": model_spec(student, kit),
+        "features": {"max_seq_length": 192, "doc_stride": 64, "max_query_length": 48, "cache_dir": str(work / "features")},
+        "datasets": [
+            {"name": "squad2", "task": "extractive_qa", "format": "squad_json", "files": {"train": str(kit / "squad2" / "train.json")},
+             "answer_start": "nearest", "limit": {"train": n}},
+            {"name": "qnli", "task": "classification", "head": "qnli", "labels": ["entailment", "not_entailment"], "format": "jsonl",
+             "columns": {"text_a": "question", "text_b": "sentence"}, "files": {"train": str(kit / "qnli" / "train.jsonl")},
+             "max_seq_length": 128, "limit": {"train": n}},
+            {"name": "sentiment", "task": "sentiment", "format": "jsonl", "columns": {"text_a": "text"},
+             "files": {"train": str(kit / "sentiment" / "train.jsonl")}, "max_seq_length": 64, "limit": {"train": n}},
+        ],
+        "train": {"max_steps": args.warmup + args.steps, "micro_batch_size": args.micro_batch, "lr": 1e-4, "num_workers": 1},
+        "mtl": {"passes": 4, "policy": "proportional"},
+    }
+
+
+# ---------------------------------------------------------------------------- one variant (its own process)
+
+
+def online_teachers(paths: list[str], device, dtype):
+    from road_ds.evaluate import load_for_eval
+
+    return [load_for_eval(Path(p)).to(device=device, dtype=dtype) for p in paths]
+
+
+@torch.inference_mode()
+def online_targets(models, head: str, kind: str, batch: dict, device) -> dict[str, torch.Tensor]:
+    """What an online-KD trainer does each micro-batch: every teacher forward, log-softmax over the support."""
+    inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+    outs = [m(head, **inputs) for m in models]
+    if kind == "span":
+        support = batch["support"].to(device)
+        return {o: torch.stack([torch.log_softmax(x[o].float().masked_fill(~support, -torch.inf), -1) for x in outs]) for o in ("start", "end")}
+    return {"cls": torch.stack([torch.log_softmax(x["cls"].float(), -1) for x in outs])}
+
+
+def run_variant(args) -> None:
+    import deepspeed
+    import torch.distributed as dist
+
+    from road_ds.dist import export_env
+    from road_ds.features import build_features, load_tokenizer
+    from road_ds.model import build_model, param_groups
+    from road_ds.recipe import load_recipe
+    from road_ds.train import engine_config, schedule_kwargs, train_loader, train_step
+
+    work = Path(args.work)
+    m = args.teachers
+    sets = [] if args.variant == "nokd" else ["kd.teachers=" + json.dumps([str(work / f"store{i}") for i in range(m)]), "kd.combine=wkd"]
+    recipe = load_recipe(work / "student.yaml", sets)
+    cpu = not torch.cuda.is_available()
+    ds_config = engine_config(recipe, args.ds_config, export_env().size, cpu)
+    deepspeed.init_distributed(dist_backend="gloo" if cpu else "nccl")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    device = torch.device("cpu") if cpu else torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    if not cpu:
+        torch.cuda.set_device(device)
+    tok = load_tokenizer(recipe.model.tokenizer_path)
+    tables = {d.name: build_features(recipe, d.name, "train", tokenizer=tok) for d in recipe.datasets}
+    torch.manual_seed(0)
+    model = build_model(recipe)
+    engine, *_ = deepspeed.initialize(model=model, model_parameters=param_groups(model, recipe.train.lr, 0.01, 1.0), config=ds_config)
+    offline = {n: recipe.kd_for(n).teachers for n in tables} if args.variant == "offline" else {}
+    it = iter(train_loader(recipe, tables, offline, schedule_kwargs(recipe, tables, world, rank), None, tok.pad_token_id or 0))
+    teacher_of = lambda item: item.get("teacher")  # noqa: E731
+    if args.variant == "online":
+        dtype = torch.bfloat16 if engine.bfloat16_enabled() else torch.float32
+        models = online_teachers([str(work / "teacher")] * m, device, dtype)
+        teacher_of = lambda item: online_targets(models, tables[item["dataset"]].spec.head_name,  # noqa: E731
+                                                 tables[item["dataset"]].spec.task_type.kind, item["batch"], device)
+    engine.train()
+    times, waits, rows = [], [], 0
+    for step in range(recipe.train.max_steps):
+        if not cpu:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        micros, wait = train_step(engine, it, recipe, tables, step, device, teacher_of)
+        if not cpu:
+            torch.cuda.synchronize()
+        if step >= args.warmup:  # the first steps pay for allocation, the loader's start and caches
+            times.append(time.perf_counter() - t0)
+            waits.append(wait)
+            rows += sum(r for *_, r in micros) * world
+    if rank == 0:
+        result = {"step_s": statistics.median(times), "wait_frac": sum(waits) / sum(times), "samples_per_s": rows / sum(times),
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "peak_rss_workers_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+                  "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if not cpu else None}
+        Path(args.result).write_text(json.dumps(result))
+    dist.barrier()
+
+
+# ---------------------------------------------------------------------------- the whole benchmark
+
+
+def prepare(work: Path, kit: Path, args) -> None:
+    """The student's recipe, a teacher export (random weights) and its store over the train features,
+    copied M times (the gather and reconstruct cost per teacher do not depend on the values)."""
+    from road_ds.features import load_tokenizer
+    from road_ds.model import build_model
+    from road_ds.precompute import build_parser, run
+    from road_ds.recipe import parse_recipe
+
+    student = bench_recipe(work, kit, args.student, args)
+    (work / "student.yaml").write_text(yaml.safe_dump(student))
+    teacher = {**student, "model": model_spec(args.teacher, kit)}
+    (work / "teacher.yaml").write_text(yaml.safe_dump(teacher))
+    recipe = parse_recipe(teacher, work / "teacher.yaml")
+    torch.manual_seed(0)
+    build_model(recipe).export(work / "teacher", load_tokenizer(recipe.model.tokenizer_path))
+    run(build_parser().parse_args([str(work / "teacher.yaml"), "--teacher", str(work / "teacher"), "--out", str(work / "store0"),
+                                   "--split", "train", "--top-k", str(args.top_k), "--dtype", "float16"]))
+    for i in range(1, max(args.teachers_list)):
+        shutil.copytree(work / "store0", work / f"store{i}")
+
+
+def precompute_vs_bare(work: Path, device) -> list[dict]:
+    """Item 4 on this device: the precompute's per-shard work against a bare forward of the same teacher."""
+    from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification
+
+    from road_ds.features import build_features, load_tokenizer
+    from road_ds.model import EXPORT_INDEX
+    from road_ds.recipe import load_recipe
+
+    sys.path.insert(0, str(REPO / "bench"))
+    from store_bench import bare_forward, precompute_time
+
+    recipe = load_recipe(work / "teacher.yaml")
+    tok = load_tokenizer(recipe.model.tokenizer_path)
+    index = json.loads((work / "teacher" / EXPORT_INDEX).read_text())["heads"]
+    rows = []
+    for name, auto in (("squad2", AutoModelForQuestionAnswering), ("sentiment", AutoModelForSequenceClassification)):
+        ft = build_features(recipe, name, "train", tokenizer=tok)
+        model = auto.from_pretrained(str(work / "teacher" / index[ft.spec.head_name]["dir"])).to(device).eval()
+        bare_forward(model, ft, device)  # warm-up
+        bare = min(bare_forward(model, ft, device) for _ in range(2))
+        pre = min(precompute_time(model, ft, work / f"thr-{name}-{i}", 8, "float16", device) for i in range(2))
+        rows.append({"data": name, "features": len(ft), "bare_s": bare, "precompute_s": pre})
+    return rows
+
+
+def launch(work: Path, variant: str, m: int, ranks: int, ds_config: str, args) -> dict:
+    result = work / f"result-{variant}-{m}-{ranks}-{Path(ds_config).stem}.json"
+    cmd = [str(REPO / "bench" / "kd_bench.py"), "--variant", variant, "--teachers", str(m), "--work", str(work), "--result", str(result),
+           "--ds-config", ds_config, "--steps", str(args.steps), "--warmup", str(args.warmup)]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    if ranks > 1 or args.device_ranks:
+        launcher = Path(sys.executable).with_name("deepspeed")
+        launcher = [str(launcher)] if launcher.exists() else [sys.executable, "-m", "deepspeed.launcher.runner"]
+        if not torch.cuda.is_available():
+            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // ranks))  # the cores, shared between the ranks
+        cmd = [*launcher, "--num_gpus", str(ranks), "--master_port", str(29600 + ranks), *cmd]
+    else:
+        cmd = [sys.executable, *cmd]
+    r = subprocess.run(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if r.returncode != 0 or not result.exists():
+        sys.stderr.write(r.stdout[-4000:])
+        raise SystemExit(f"bench variant failed: {' '.join(cmd)}")
+    return json.loads(result.read_text())
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", default="docs/bench_kd.md")
+    p.add_argument("--student", default="minilm-l3", help="a kit model name, a model dir, or a preset: " + ", ".join(PRESETS))
+    p.add_argument("--teacher", default="minilm-l6")
+    p.add_argument("--teachers-list", type=int, nargs="+", default=[1, 3], help="M values for (b) and (c)")
+    p.add_argument("--micro-batch", type=int, default=8)
+    p.add_argument("--rows", type=int, default=240, help="train rows per task")
+    p.add_argument("--steps", type=int, default=8, help="timed optimizer steps per variant (4 micro-batches each)")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=2, help="interleaved repetitions of (a), (b), (c)")
+    p.add_argument("--top-k", type=int, default=8)
+    p.add_argument("--no-scaling", action="store_true", help="skip ZeRO-2/3 on 1 and 2 ranks")
+    p.add_argument("--device-ranks", action="store_true", help=argparse.SUPPRESS)
+    # one variant, in its own process (the benchmark starts these itself)
+    p.add_argument("--variant", choices=("nokd", "offline", "online"))
+    p.add_argument("--teachers", type=int, default=0)
+    p.add_argument("--work")
+    p.add_argument("--result")
+    p.add_argument("--ds-config", default=str(REPO / "ds_configs" / "zero2.json"))
+    p.add_argument("--local_rank", "--local-rank", type=int, default=0, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.variant:
+        return run_variant(args)
+
+    kit = cache_root() / "kit"
+    if not (kit / "kit.json").exists():
+        sys.exit(f"no data kit at {kit}: run `road-ds data fetch`")
+    gpu = torch.cuda.is_available()
+    args.device_ranks = gpu  # on a GPU every variant goes through the launcher (NCCL, one rank per GPU)
+    work = Path(tempfile.mkdtemp(prefix="road-ds-kd-bench-"))
+    t_all = time.time()
+    try:
+        prepare(work, kit, args)
+        variants = [("nokd", 0)] + [(v, m) for v in ("offline", "online") for m in args.teachers_list]
+        runs: dict[tuple, list[dict]] = {}
+        for _ in range(args.rounds):
+            for v, m in variants:
+                runs.setdefault((v, m), []).append(launch(work, v, m, 1, args.ds_config, args))
+        throughput = precompute_vs_bare(work, torch.device("cuda")) if gpu else []
+        scaling = []
+        if not args.no_scaling and not gpu:
+            m = max(args.teachers_list)
+            for cfg in ("zero2", "zero3"):
+                for ranks in (1, 2):
+                    r = launch(work, "offline", m, ranks, str(REPO / "ds_configs" / f"{cfg}.json"), args)
+                    scaling.append({"zero": cfg, "ranks": ranks, **r})
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    write_text(args.out, report(args, runs, scaling, throughput, gpu, time.time() - t_all))
+    print(Path(args.out).read_text())
+
+
+def report(args, runs: dict, scaling: list, throughput: list, gpu: bool, seconds: float) -> str:
+    import deepspeed
+
+    med = {k: {f: statistics.median(r[f] for r in rs) for f in ("step_s", "wait_frac", "samples_per_s")}
+           | {f: max(r[f] for r in rs) if rs[0][f] is not None else None for f in ("peak_rss_mb", "peak_rss_workers_mb", "peak_gpu_mb")}
+           for k, rs in runs.items()}
+    base = med[("nokd", 0)]
+    mem = "peak_gpu_mb" if gpu else "peak_rss_mb"
+    name = {"nokd": "(a) no KD", "offline": "(b) offline KD, stores", "online": "(c) online KD, resident teachers"}
+    device = torch.cuda.get_device_name(0) if gpu else f"{platform.machine()} CPU, {os.cpu_count()} cores"
+    lines = [f"# KD cost benchmark ({'GPU' if gpu else 'CPU'})", "",
+             f"Machine: {device}; torch {torch.__version__}, deepspeed {deepspeed.__version__}, Python {platform.python_version()}. "
+             f"Precision: {'bf16' if gpu else 'fp32'}. Total {seconds / 60:.1f} min.",
+             f"Student: {args.student}; teachers: {args.teacher} (random weights). Data: the kit's QA (len 192), QNLI-style pairs (128) "
+             f"and sentiment (64), {args.rows} train rows each; MTL passes 4 × micro-batch {args.micro_batch}; ZeRO-2, 1 rank; "
+             f"offline stores top-k {args.top_k} float16, 1 DataLoader worker.",
+             f"Each variant in its own process: {args.warmup} warm-up + {args.steps} timed optimizer steps; {args.rounds} interleaved rounds; "
+             f"medians across rounds (memory: the largest).",
+             f"Command: `{'bash bench/gpu.sh' if gpu else 'make bench'}` (`python bench/kd_bench.py " + " ".join(sys.argv[1:]) + "`).", "",
+             "## Step time and peak memory (targets: (b) at M=3 ≤ 1.03 × (a) step time, peak memory within 5% of (a))", "",
+             f"| variant | M | step s | × (a) | samples/s | data wait / step | peak {'GPU' if gpu else 'RSS'} MiB (training process) | × (a) | "
+             "largest DataLoader worker RSS MiB |", "|---|---|---|---|---|---|---|---|---|"]
+    for (v, m), r in med.items():
+        lines.append(f"| {name[v]} | {m or '-'} | {r['step_s']:.3f} | {r['step_s'] / base['step_s']:.3f} | {r['samples_per_s']:.1f} | "
+                     f"{100 * r['wait_frac']:.2f}% | {r[mem]:.0f} | {r[mem] / base[mem]:.3f} | {r['peak_rss_workers_mb']:.0f} |")
+    lines += ["", "Data wait: time the training loop spends in `next()` on the DataLoader, as a fraction of step time (target ≤ 2%)."]
+    if throughput:
+        lines += ["", "## Precompute throughput against the bare forward pass of the same teacher (target ≥ 0.90)", "",
+                  "| data | features | bare forward s | precompute s | bare / precompute |", "|---|---|---|---|---|"]
+        lines += [f"| {r['data']} | {r['features']} | {r['bare_s']:.2f} | {r['precompute_s']:.2f} | {r['bare_s'] / r['precompute_s']:.3f} |"
+                  for r in throughput]
+    if scaling:
+        lines += ["", f"## Scaling: (b) with M={max(args.teachers_list)} on ZeRO-2/3, 1 and 2 ranks on this machine", "",
+                  "Same micro-batch per rank, so 2 ranks process twice the rows per step; the cores are shared between ranks.", "",
+                  "| ZeRO | ranks | step s | samples/s | data wait / step | peak RSS MiB (rank 0) |", "|---|---|---|---|---|---|"]
+        lines += [f"| {s['zero']} | {s['ranks']} | {s['step_s']:.3f} | {s['samples_per_s']:.1f} | {100 * s['wait_frac']:.2f}% | {s['peak_rss_mb']:.0f} |"
+                  for s in scaling]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
