@@ -165,6 +165,8 @@ def write_results(path: Path, plan: StudyPlan, plan_path: Path, recipe: str, out
     import torch
     import transformers
 
+    from road_ds.recipe import load_recipe
+
     load = lambda name: json.loads((out / name / "eval_results.json").read_text())  # noqa: E731
     results = {n: load(n) for n in overrides}
     teachers = {f"teacher-s{s} (MiniLM-L6)": load(f"teacher-s{s}") for s in plan.teachers.seeds}
@@ -179,8 +181,8 @@ def write_results(path: Path, plan: StudyPlan, plan_path: Path, recipe: str, out
 
 Written by `make study` (`python -m road_ds.study --plan {rel(plan_path)} --out {rel(out)} --jobs {jobs}`); rerun it
 to reproduce every number below (finished runs are skipped; delete `{rel(out)}` to start over).
-Plan: `{rel(plan_path)}`; recipe: `{rel(recipe)}`. Dev sets: SQuAD-2.0-style QA (answerable + unanswerable, articles
-disjoint from train), QNLI-style pairs from the same articles, Rotten Tomatoes sentiment (movies disjoint).
+Plan: `{rel(plan_path)}`; recipe: `{rel(recipe)}`. Dev sets (the kit's, disjoint from train by article or by movie):
+{", ".join(f"{d.name} ({d.limit.get(d.eval_split, 'all')} examples)" for d in load_recipe(recipe).datasets)}.
 Cells are mean ± sample std over seeds (the student's seed: head init, data order, dropout); teachers are fixed.
 
 Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; torch {torch.__version__}, deepspeed {deepspeed.__version__},
