@@ -314,7 +314,7 @@ def main() -> None:
     p.add_argument("--out", default="docs/bench_store.md")
     p.add_argument("--qa-articles", type=int, default=4)
     p.add_argument("--sentiment-rows", type=int, default=2000)
-    p.add_argument("--teacher-steps", type=int, default=60, help="fine-tuning steps (x 16 questions) of the fidelity teacher")
+    p.add_argument("--teacher-steps", type=int, default=40, help="fine-tuning steps (x 16 questions) of the fidelity teacher")
     p.add_argument("--growth-rows", type=int, default=800, help="QA train questions at 1x of the growth table")
     args = p.parse_args()
     kit = cache_root() / "kit"
