@@ -36,6 +36,7 @@ sys.path.insert(0, str(REPO))
 
 from road_ds.atomic import write_text  # noqa: E402
 from road_ds.recipe import cache_root  # noqa: E402
+from road_ds.runs import deepspeed_cmd  # noqa: E402
 
 # encoders built from a config (no weights needed to measure cost); anything else is a model dir
 PRESETS = {
@@ -205,11 +206,9 @@ def launch(work: Path, variant: str, m: int, ranks: int, ds_config: str, args) -
            "--ds-config", ds_config, "--steps", str(args.steps), "--warmup", str(args.warmup)]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     if ranks > 1 or args.device_ranks:
-        launcher = Path(sys.executable).with_name("deepspeed")
-        launcher = [str(launcher)] if launcher.exists() else [sys.executable, "-m", "deepspeed.launcher.runner"]
         if not torch.cuda.is_available():
             env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // ranks))  # the cores, shared between the ranks
-        cmd = [*launcher, "--num_gpus", str(ranks), "--master_port", str(29600 + ranks), *cmd]
+        cmd = [*deepspeed_cmd(), "--num_gpus", str(ranks), "--master_port", str(29600 + ranks), *cmd]
     else:
         cmd = [sys.executable, *cmd]
     r = subprocess.run(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -86,13 +86,15 @@ def sets(*mappings: dict) -> list[str]:
 
 
 def plan_steps(plan: StudyPlan, recipe: str, out: Path) -> tuple[list[Step], dict[str, list[str]]]:
-    """The study as steps: teachers, stores, students. Also returns each student step's overrides."""
+    """The study as steps: teachers, stores, students. Also returns each training step's overrides
+    (`--set key=value` pairs), by step name."""
     py = sys.executable
     steps, overrides = [], {}
     store = lambda s: out / "stores" / f"teacher-s{s}"  # noqa: E731
     for s in plan.teachers.seeds:
+        overrides[f"teacher-s{s}"] = sets(plan.teachers.set, {"train.seed": s})
         steps.append(Step(f"teacher-s{s}", [py, "road_ds/train.py", "--recipe", recipe, "--output-dir", str(out / f"teacher-s{s}"),
-                                            *sets(plan.teachers.set, {"train.seed": s})], out / f"teacher-s{s}" / "eval_results.json"))
+                                            *overrides[f"teacher-s{s}"]], out / f"teacher-s{s}" / "eval_results.json"))
     for s in plan.teachers.seeds:
         steps.append(Step(f"store-s{s}", [py, "road_ds/precompute.py", recipe, "--teacher", str(out / f"teacher-s{s}" / "export"),
                                           "--out", str(store(s)), "--split", "train", "--split", "dev", "--top-k", str(plan.top_k)],
@@ -160,7 +162,7 @@ def wall_table(steps: list[Step], wall: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
-def write_results(path: Path, plan: StudyPlan, plan_path: Path, recipe: str, out: Path, steps, overrides, wall, jobs: int) -> str:
+def write_results(path: Path, plan: StudyPlan, plan_path: Path, recipe: str, out: Path, steps, wall, jobs: int) -> str:
     import deepspeed
     import torch
     import transformers
@@ -168,14 +170,14 @@ def write_results(path: Path, plan: StudyPlan, plan_path: Path, recipe: str, out
     from road_ds.recipe import load_recipe
 
     load = lambda name: json.loads((out / name / "eval_results.json").read_text())  # noqa: E731
-    results = {n: load(n) for n in overrides}
+    results = {f"{r.name}-s{seed}": load(f"{r.name}-s{seed}") for r in plan.runs for seed in r.seeds}
     teachers = {f"teacher-s{s} (MiniLM-L6)": load(f"teacher-s{s}") for s in plan.teachers.seeds}
     teachers["teachers' ensemble (mean log-probs)"] = ensemble_scores(recipe, [out / "stores" / f"teacher-s{s}" for s in plan.teachers.seeds])
     old = path.read_text() if path.exists() else ""
     kept = READING.search(old)
     reading = kept.group(0) if kept else "<!-- reading -->\n(to be written after reading the tables)\n<!-- /reading -->"
     rel = lambda p: os.path.relpath(p, REPO)  # noqa: E731
-    example = next(n for n in overrides if n.startswith(plan.runs[-1].name))
+    example = f"{plan.runs[-1].name}-s{plan.runs[-1].seeds[0]}"
     total = sum(wall.get(s.name, 0.0) for s in steps)
     text = f"""# Quality study: ROaD's MTL step and weighted KD on the real data kit
 
@@ -235,11 +237,11 @@ def main(argv=None) -> int:
         from road_ds.recipe import load_recipe
 
         tokenizers: dict = {}
-        for s in steps:  # every run's recipe must be valid before hours are spent, and its features built
-            if "road_ds/train.py" not in s.cmd:  # once, before runs in parallel would race to build them
-                continue
-            r = load_recipe(recipe, [s.cmd[i + 1] for i, a in enumerate(s.cmd) if a == "--set"])
-            tok = tokenizers.setdefault(r.model.tokenizer_path, load_tokenizer(r.model.tokenizer_path))
+        for o in overrides.values():  # every run's recipe must be valid before hours are spent, and its features
+            r = load_recipe(recipe, o[1::2])  # built once, before runs in parallel would race to build them
+            if r.model.tokenizer_path not in tokenizers:
+                tokenizers[r.model.tokenizer_path] = load_tokenizer(r.model.tokenizer_path)
+            tok = tokenizers[r.model.tokenizer_path]
             for d in r.datasets:
                 for split in (d.train_split, d.eval_split):
                     build_features(r, d.name, split, tokenizer=tok, log=log)
@@ -248,7 +250,7 @@ def main(argv=None) -> int:
         return 2
     t0 = time.time()
     wall = run_steps(steps, out / "logs", jobs=args.jobs, log=log)
-    text = write_results((REPO / args.results).resolve(), plan, plan_path, recipe, out, steps, overrides, wall, args.jobs)
+    text = write_results((REPO / args.results).resolve(), plan, plan_path, recipe, out, steps, wall, args.jobs)
     print(text)
     log(f"study done in {time.time() - t0:.0f} s")
     return 0
