@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The KD cost benchmark on one CUDA GPU: an ELECTRA-base-sized student and ELECTRA-large-sized teachers
 # in bf16, (a) no KD, (b) offline KD from stores, (c) online KD with resident teachers, M = 1 and 3,
-# plus the precompute's throughput against a bare forward. Writes docs/bench_gpu.md; about 5 minutes.
+# (a) and (b) step by step in one process, the KD loss alone, and the precompute's throughput
+# against a bare forward. Writes docs/bench_gpu.md; the whole run is capped at 10 minutes.
 #
 #   bash bench/gpu.sh            # needs the data kit under $ROAD_DS_CACHE (default ~/.cache/road_ds)
 set -euo pipefail
@@ -14,4 +15,4 @@ PY=${PY:-.venv/bin/python}
 [ -x "$PY" ] || make venv
 nvidia-smi -L
 timeout 600 "$PY" bench/kd_bench.py --student electra-base --teacher electra-large \
-    --micro-batch 32 --rows 2000 --warmup 5 --steps 20 --rounds 2 --out "${OUT:-docs/bench_gpu.md}"
+    --micro-batch 32 --rows 2000 --warmup 5 --steps 20 --rounds 2 --paired-steps 30 --out "${OUT:-docs/bench_gpu.md}"

@@ -8,9 +8,11 @@ micro-batches from the DataLoader, forward, loss, backward, DeepSpeed step) on t
 data, batch and steps, in its own process (so peak memory is its own):
   (a) no KD; (b) offline KD, M teachers' targets gathered from stores by the DataLoader workers;
   (c) online KD, M teachers resident in the training process, run forward on every micro-batch.
-Variants are interleaved over rounds and the median step time of each is kept, so the ratios hold
-on a noisy machine. Then ZeRO-2/3 on 1 and 2 ranks with (b). Teachers have random weights: speed
-and memory do not depend on what they learned.
+Variants are interleaved over rounds and the median step time of each is kept. Separate processes
+minutes apart still differ by a few percent on a shared machine, so (a) and (b) also run step by
+step in one process, and the KD loss is timed alone: the ratio the target is about, without the
+drift. Then ZeRO-2/3 on 1 and 2 ranks with (b). Teachers have random weights: speed and memory do
+not depend on what they learned.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ sys.path.insert(0, str(REPO))
 from road_ds.atomic import write_text  # noqa: E402
 from road_ds.recipe import cache_root  # noqa: E402
 from road_ds.runs import deepspeed_cmd  # noqa: E402
+
+PASSES = 4  # micro-batches per optimizer step
 
 # encoders built from a config (no weights needed to measure cost); anything else is a model dir
 PRESETS = {
@@ -71,7 +75,7 @@ def bench_recipe(work: Path, kit: Path, student: str, args) -> dict:
              "files": {"train": str(kit / "sentiment" / "train.jsonl")}, "max_seq_length": 64, "limit": {"train": n}},
         ],
         "train": {"max_steps": args.warmup + args.steps, "micro_batch_size": args.micro_batch, "lr": 1e-4, "num_workers": 1},
-        "mtl": {"passes": 4, "policy": "proportional"},
+        "mtl": {"passes": PASSES, "policy": "proportional"},
     }
 
 
@@ -95,7 +99,37 @@ def online_targets(models, head: str, kind: str, batch: dict, device) -> dict[st
     return {"cls": torch.stack([torch.log_softmax(x["cls"].float(), -1) for x in outs])}
 
 
-def run_variant(args) -> None:
+def live_children() -> list[Path]:
+    """/proc dirs of this process's live children: the DataLoader workers (the loader is never
+    exhausted here, so they are alive until the process ends)."""
+    me, out = str(os.getpid()), []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if stat.read_text().rsplit(")", 1)[1].split()[1] == me:
+                out.append(stat.parent)
+        except (OSError, IndexError):  # exited meanwhile
+            continue
+    return out
+
+
+def worker_uss_mb() -> float:
+    """Private memory (USS: private clean + dirty pages) of the largest worker: what it adds to the
+    host beyond the pages it shares with the trainer it was forked from (its peak RSS counts those)."""
+    uss = []
+    for d in live_children():
+        lines = (d / "smaps_rollup").read_text().splitlines()
+        uss.append(sum(int(line.split()[1]) for line in lines if line.startswith(("Private_Clean:", "Private_Dirty:"))) / 1024)
+    return max(uss, default=0.0)
+
+
+def workers_cpu_s() -> float:
+    """CPU seconds the workers' threads have run so far (schedstat: nanoseconds, where stat's user and
+    system times count 10 ms ticks)."""
+    return sum(int(t.read_text().split()[0]) for d in live_children() for t in d.glob("task/*/schedstat")) / 1e9
+
+
+def setup(args):
+    """The student's DeepSpeed engine over the bench's train features; KD from `args.teachers` stores."""
     import deepspeed
     import torch.distributed as dist
 
@@ -103,16 +137,14 @@ def run_variant(args) -> None:
     from road_ds.features import build_features, load_tokenizer
     from road_ds.model import build_model, param_groups
     from road_ds.recipe import load_recipe
-    from road_ds.train import engine_config, schedule_kwargs, train_loader, train_step
+    from road_ds.train import engine_config
 
     work = Path(args.work)
-    m = args.teachers
-    sets = [] if args.variant == "nokd" else ["kd.teachers=" + json.dumps([str(work / f"store{i}") for i in range(m)]), "kd.combine=wkd"]
-    recipe = load_recipe(work / "student.yaml", sets)
+    sets = ["kd.teachers=" + json.dumps([str(work / f"store{i}") for i in range(args.teachers)]), "kd.combine=wkd"] if args.teachers else []
+    recipe = load_recipe(work / "student.yaml", [*sets, f"train.max_steps={args.warmup + args.steps}"])
     cpu = not torch.cuda.is_available()
     ds_config = engine_config(recipe, args.ds_config, export_env().size, cpu)
     deepspeed.init_distributed(dist_backend="gloo" if cpu else "nccl")
-    rank, world = dist.get_rank(), dist.get_world_size()
     device = torch.device("cpu") if cpu else torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     if not cpu:
         torch.cuda.set_device(device)
@@ -121,34 +153,77 @@ def run_variant(args) -> None:
     torch.manual_seed(0)
     model = build_model(recipe)
     engine, *_ = deepspeed.initialize(model=model, model_parameters=param_groups(model, recipe.train.lr, 0.01, 1.0), config=ds_config)
+    engine.train()
+    return recipe, engine, tables, tok.pad_token_id or 0, device, dist.get_rank(), dist.get_world_size()
+
+
+def timed_step(engine, it, recipe, tables, step: int, device, teacher_of=lambda item: item.get("teacher")) -> tuple[float, float, int]:
+    """The trainer's step, timed: (seconds, seconds waiting for the loader, rows)."""
+    from road_ds.train import train_step
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    micros, wait = train_step(engine, it, recipe, tables, step, device, teacher_of)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0, wait, sum(r for *_, r in micros)
+
+
+def run_variant(args) -> None:
+    """(a), (b) or (c) alone in this process: step time, data wait, peak memory."""
+    import torch.distributed as dist
+
+    from road_ds.train import schedule_kwargs, train_loader
+
+    recipe, engine, tables, pad, device, rank, world = setup(args)
     offline = {n: recipe.kd_for(n).teachers for n in tables} if args.variant == "offline" else {}
-    it = iter(train_loader(recipe, tables, offline, schedule_kwargs(recipe, tables, world, rank), None, tok.pad_token_id or 0))
+    it = iter(train_loader(recipe, tables, offline, schedule_kwargs(recipe, tables, world, rank), None, pad))
     teacher_of = lambda item: item.get("teacher")  # noqa: E731
     if args.variant == "online":
         dtype = torch.bfloat16 if engine.bfloat16_enabled() else torch.float32
-        models = online_teachers([str(work / "teacher")] * m, device, dtype)
+        models = online_teachers([str(Path(args.work) / "teacher")] * args.teachers, device, dtype)
         teacher_of = lambda item: online_targets(models, tables[item["dataset"]].spec.head_name,  # noqa: E731
                                                  tables[item["dataset"]].spec.task_type.kind, item["batch"], device)
-    engine.train()
     times, waits, rows = [], [], 0
     for step in range(recipe.train.max_steps):
-        if not cpu:
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        micros, wait = train_step(engine, it, recipe, tables, step, device, teacher_of)
-        if not cpu:
-            torch.cuda.synchronize()
-        if step >= args.warmup:  # the first steps pay for allocation, the loader's start and caches
-            times.append(time.perf_counter() - t0)
+        if step == args.warmup:  # the first steps pay for allocation, the loader's start and caches
+            workers0 = workers_cpu_s()
+        seconds, wait, n = timed_step(engine, it, recipe, tables, step, device, teacher_of)
+        if step >= args.warmup:
+            times.append(seconds)
             waits.append(wait)
-            rows += sum(r for *_, r in micros) * world
+            rows += n * world
     if rank == 0:
         result = {"step_s": statistics.median(times), "wait_frac": sum(waits) / sum(times), "samples_per_s": rows / sum(times),
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "peak_rss_workers_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
-                  "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if not cpu else None}
+                  "worker_cpu_s": (workers_cpu_s() - workers0) / len(times), "worker_uss_mb": worker_uss_mb(),
+                  "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None}
         Path(args.result).write_text(json.dumps(result))
     dist.barrier()
+
+
+def run_paired(args) -> None:
+    """(a) and (b) at each M step by step in one process, on one engine: a loader per variant over the
+    same schedule, each step taken once by every variant, in an order that rotates. Adjacent steps
+    see the same machine, so the per-step ratios to (a) carry little of the drift that separate
+    processes minutes apart do."""
+    from road_ds.train import schedule_kwargs, train_loader
+
+    recipe, engine, tables, pad, device, rank, world = setup(args)
+    teachers = {n: recipe.kd_for(n).teachers for n in tables}
+    variants = {"a": {}, **{f"M={m}": {n: t[:m] for n, t in teachers.items()} for m in args.teachers_list}}
+    its = {v: iter(train_loader(recipe, tables, offline, schedule_kwargs(recipe, tables, world, rank), None, pad))
+           for v, offline in variants.items()}
+    order = list(its)
+    times: dict[str, list[float]] = {v: [] for v in its}
+    for step in range(recipe.train.max_steps):
+        for v in order[step % len(order):] + order[:step % len(order)]:
+            seconds, _, _ = timed_step(engine, its[v], recipe, tables, step, device)
+            if step >= args.warmup:
+                times[v].append(seconds)
+    result = {v: {"step_s": statistics.median(t), "ratios": sorted(x / a for x, a in zip(t, times["a"]))} for v, t in times.items()}
+    Path(args.result).write_text(json.dumps(result))
 
 
 # ---------------------------------------------------------------------------- the whole benchmark
@@ -200,10 +275,54 @@ def precompute_vs_bare(work: Path, device) -> list[dict]:
     return rows
 
 
-def launch(work: Path, variant: str, m: int, ranks: int, ds_config: str, args) -> dict:
+def loss_profile(work: Path, args, device) -> list[dict]:
+    """Where (b)'s extra trainer time goes, without the noise of whole steps: the loss's forward and
+    backward on one micro-batch of each dataset (the student's outputs as leaf tensors), CE alone
+    against CE + KD from M teachers' gathered targets, alternated over many repetitions. The model's
+    forward and backward are the same in (a) and (b), so this difference is all the compute KD adds."""
+    from road_ds.data import TrainBatches
+    from road_ds.features import build_features, load_tokenizer
+    from road_ds.recipe import load_recipe
+    from road_ds.train import compute_loss, schedule_kwargs
+
+    m_max = max(args.teachers_list)
+    recipe = load_recipe(work / "student.yaml", ["kd.teachers=" + json.dumps([str(work / f"store{i}") for i in range(m_max)]), "kd.combine=wkd"])
+    tok = load_tokenizer(recipe.model.tokenizer_path)
+    tables = {d.name: build_features(recipe, d.name, "train", tokenizer=tok) for d in recipe.datasets}
+    teachers = {n: recipe.kd_for(n).teachers for n in tables}
+    items = {}
+    for item in TrainBatches(tables, teachers, schedule_kwargs(recipe, tables, 1, 0), None, recipe.train.max_steps, tok.pad_token_id or 0):
+        items.setdefault(item["dataset"], item)
+        if len(items) == len(tables):
+            break
+    rows = []
+    for name, item in items.items():
+        kind = tables[name].spec.task_type.kind
+        batch, targets = item["batch"], item["teacher"]
+        out = {o: torch.randn(t.shape[1:], device=device, requires_grad=True) for o, t in targets.items()}  # [B, S] like the student's
+        variants = {"CE": None, **{f"M={m}": {o: t[:m] for o, t in targets.items()} for m in args.teachers_list}}
+        times: dict[str, list[float]] = {v: [] for v in variants}
+        for rep in range(args.profile_reps + 5):
+            for v, teacher in variants.items():
+                t0 = time.perf_counter()
+                loss, _ = compute_loss(recipe, name, kind, out, batch, teacher, 0)
+                loss.backward()
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                if rep >= 5:  # warm-up
+                    times[v].append(time.perf_counter() - t0)
+                for x in out.values():
+                    x.grad = None
+        rows.append({"data": name, "features": len(tables[name]), "batch": list(next(iter(out.values())).shape),
+                     **{v: statistics.median(t) * 1e3 for v, t in times.items()}})
+    return rows
+
+
+def launch(work: Path, variant: str, m: int, ranks: int, ds_config: str, args, steps: int | None = None) -> dict:
     result = work / f"result-{variant}-{m}-{ranks}-{Path(ds_config).stem}.json"
     cmd = [str(REPO / "bench" / "kd_bench.py"), "--variant", variant, "--teachers", str(m), "--work", str(work), "--result", str(result),
-           "--ds-config", ds_config, "--steps", str(args.steps), "--warmup", str(args.warmup)]
+           "--ds-config", ds_config, "--steps", str(steps or args.steps), "--warmup", str(args.warmup),
+           "--teachers-list", *map(str, args.teachers_list)]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     if ranks > 1 or args.device_ranks:
         if not torch.cuda.is_available():
@@ -228,12 +347,14 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=240, help="train rows per task")
     p.add_argument("--steps", type=int, default=8, help="timed optimizer steps per variant (4 micro-batches each)")
     p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--paired-steps", type=int, default=12, help="timed steps of each variant in the step-by-step pairing of (a) and (b)")
     p.add_argument("--rounds", type=int, default=2, help="interleaved repetitions of (a), (b), (c)")
     p.add_argument("--top-k", type=int, default=8)
+    p.add_argument("--profile-reps", type=int, default=200, help="repetitions of the loss profile")
     p.add_argument("--no-scaling", action="store_true", help="skip ZeRO-2/3 on 1 and 2 ranks")
     p.add_argument("--device-ranks", action="store_true", help=argparse.SUPPRESS)
     # one variant, in its own process (the benchmark starts these itself)
-    p.add_argument("--variant", choices=("nokd", "offline", "online"))
+    p.add_argument("--variant", choices=("nokd", "offline", "online", "paired"))
     p.add_argument("--teachers", type=int, default=0)
     p.add_argument("--work")
     p.add_argument("--result")
@@ -241,7 +362,7 @@ def main() -> None:
     p.add_argument("--local_rank", "--local-rank", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.variant:
-        return run_variant(args)
+        return run_paired(args) if args.variant == "paired" else run_variant(args)
 
     kit = cache_root() / "kit"
     if not (kit / "kit.json").exists():
@@ -257,6 +378,8 @@ def main() -> None:
         for _ in range(args.rounds):
             for v, m in variants:
                 runs.setdefault((v, m), []).append(launch(work, v, m, 1, args.ds_config, args))
+        paired = launch(work, "paired", max(args.teachers_list), 1, args.ds_config, args, steps=args.paired_steps)
+        profile = loss_profile(work, args, torch.device("cuda" if gpu else "cpu"))
         throughput = precompute_vs_bare(work, torch.device("cuda")) if gpu else []
         scaling = []
         if not args.no_scaling and not gpu:
@@ -267,17 +390,25 @@ def main() -> None:
                     scaling.append({"zero": cfg, "ranks": ranks, **r})
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    write_text(args.out, report(args, runs, scaling, throughput, gpu, time.time() - t_all))
+    write_text(args.out, report(args, runs, paired, profile, scaling, throughput, gpu, time.time() - t_all))
     print(Path(args.out).read_text())
 
 
-def report(args, runs: dict, scaling: list, throughput: list, gpu: bool, seconds: float) -> str:
+def quartiles(xs: list[float]) -> tuple[float, float]:
+    q = statistics.quantiles(xs, n=4)
+    return q[0], q[2]
+
+
+def report(args, runs: dict, paired: dict, profile: list, scaling: list, throughput: list, gpu: bool, seconds: float) -> str:
     import deepspeed
 
-    med = {k: {f: statistics.median(r[f] for r in rs) for f in ("step_s", "wait_frac", "samples_per_s")}
-           | {f: max(r[f] for r in rs) if rs[0][f] is not None else None for f in ("peak_rss_mb", "peak_rss_workers_mb", "peak_gpu_mb")}
+    med = {k: {f: statistics.median(r[f] for r in rs) for f in ("step_s", "wait_frac", "samples_per_s", "worker_cpu_s")}
+           | {f: max(r[f] for r in rs) if rs[0][f] is not None else None for f in ("peak_rss_mb", "worker_uss_mb", "peak_gpu_mb")}
            for k, rs in runs.items()}
     base = med[("nokd", 0)]
+    # step-time ratios paired within a round (its variants run back to back, so pairing cancels the
+    # machine's slower drift): their median, and their spread as the noise the ratio carries
+    by_round = {k: sorted(r["step_s"] / b["step_s"] for r, b in zip(rs, runs[("nokd", 0)])) for k, rs in runs.items()}
     mem = "peak_gpu_mb" if gpu else "peak_rss_mb"
     name = {"nokd": "(a) no KD", "offline": "(b) offline KD, stores", "online": "(c) online KD, resident teachers"}
     device = torch.cuda.get_device_name(0) if gpu else f"{platform.machine()} CPU, {os.cpu_count()} cores"
@@ -285,18 +416,48 @@ def report(args, runs: dict, scaling: list, throughput: list, gpu: bool, seconds
              f"Machine: {device}; torch {torch.__version__}, deepspeed {deepspeed.__version__}, Python {platform.python_version()}. "
              f"Precision: {'bf16' if gpu else 'fp32'}. Total {seconds / 60:.1f} min.",
              f"Student: {args.student}; teachers: {args.teacher} (random weights). Data: the kit's QA (len 192), QNLI-style pairs (128) "
-             f"and sentiment (64), {args.rows} train rows each; MTL passes 4 × micro-batch {args.micro_batch}; ZeRO-2, 1 rank; "
+             f"and sentiment (64), {args.rows} train rows each; MTL passes {PASSES} × micro-batch {args.micro_batch}; ZeRO-2, 1 rank; "
              f"offline stores top-k {args.top_k} float16, 1 DataLoader worker.",
              f"Each variant in its own process: {args.warmup} warm-up + {args.steps} timed optimizer steps; {args.rounds} interleaved rounds; "
-             f"medians across rounds (memory: the largest).",
+             f"medians across rounds (memory: the largest); × (a) of the step time: the median of the ratios paired within a round, "
+             f"[lowest–highest round].",
              f"Command: `{'bash bench/gpu.sh' if gpu else 'make bench'}` (`python bench/kd_bench.py " + " ".join(sys.argv[1:]) + "`).", "",
              "## Step time and peak memory (targets: (b) at M=3 ≤ 1.03 × (a) step time, peak memory within 5% of (a))", "",
-             f"| variant | M | step s | × (a) | samples/s | data wait / step | peak {'GPU' if gpu else 'RSS'} MiB (training process) | × (a) | "
-             "largest DataLoader worker RSS MiB |", "|---|---|---|---|---|---|---|---|---|"]
+             f"| variant | M | step s | × (a) [rounds] | samples/s | data wait / step | peak {'GPU' if gpu else 'RSS'} MiB (training process) | × (a) | "
+             "worker CPU ms / step | worker private MiB |", "|---|---|---|---|---|---|---|---|---|---|"]
     for (v, m), r in med.items():
-        lines.append(f"| {name[v]} | {m or '-'} | {r['step_s']:.3f} | {r['step_s'] / base['step_s']:.3f} | {r['samples_per_s']:.1f} | "
-                     f"{100 * r['wait_frac']:.2f}% | {r[mem]:.0f} | {r[mem] / base[mem]:.3f} | {r['peak_rss_workers_mb']:.0f} |")
-    lines += ["", "Data wait: time the training loop spends in `next()` on the DataLoader, as a fraction of step time (target ≤ 2%)."]
+        lines.append(f"| {name[v]} | {m or '-'} | {r['step_s']:.3f} | "
+                     f"{statistics.median(by_round[v, m]):.3f} [{by_round[v, m][0]:.3f}–{by_round[v, m][-1]:.3f}] | "
+                     f"{r['samples_per_s']:.1f} | {100 * r['wait_frac']:.2f}% | {r[mem]:.0f} | {r[mem] / base[mem]:.3f} | "
+                     f"{1e3 * r['worker_cpu_s']:.1f} | {r['worker_uss_mb']:.0f} |")
+    lines += ["", "Data wait: time the training loop spends in `next()` on the DataLoader, as a fraction of step time (target ≤ 2%). "
+              "Worker CPU: CPU time of the DataLoader worker (reading rows, collating, and in (b) gathering and reconstructing the "
+              "teachers' targets) per timed step. Worker private memory: its pages not shared with the trainer, after the timed steps."]
+    ms = [f"M={m}" for m in args.teachers_list]
+    lines += ["", "## (b) against (a), step by step in one process", "",
+              f"One engine and one loader per variant over the same schedule; every step taken by (a) and by (b) at each M in an order "
+              f"that rotates; {args.warmup} warm-up + {args.paired_steps} timed steps each. Adjacent steps see the same machine, so these "
+              "ratios carry little of the drift between separate processes. Ratio: the median of the per-step ratios to (a) [quartiles].", "",
+              "| variant | step s | × (a) [quartiles] |", "|---|---|---|", f"| (a) no KD | {paired['a']['step_s']:.3f} | 1.000 |"]
+    lines += [f"| (b) offline KD, {v} | {paired[v]['step_s']:.3f} | {statistics.median(paired[v]['ratios']):.3f} "
+              f"[{quartiles(paired[v]['ratios'])[0]:.3f}–{quartiles(paired[v]['ratios'])[1]:.3f}] |" for v in ms]
+    total = sum(r["features"] for r in profile)  # the proportional MTL mix draws datasets by size
+    per_step = {v: PASSES * sum(r["features"] / total * (r[v] - r["CE"]) for r in profile) for v in ms}
+    top = ms[-1]
+    worker = 1e3 * (med[("offline", max(args.teachers_list))]["worker_cpu_s"] - base["worker_cpu_s"])
+    lines += ["", "## Where (b)'s extra step time goes: the KD loss, timed alone", "",
+              f"The loss's forward + backward on one micro-batch of each dataset (student outputs as leaf tensors), gold CE alone "
+              f"against CE + WKD from the stores' targets; medians of {args.profile_reps} alternated repetitions. The model's forward "
+              "and backward are the same in (a) and (b), so this is the compute KD adds to the training process.", "",
+              "| data | micro-batch [B, S] | CE only ms | " + " | ".join(f"CE + KD, {v} ms" for v in ms) + f" | KD adds, {top} ms |",
+              "|---|---|---|" + "---|" * len(ms) + "---|"]
+    lines += [f"| {r['data']} | {r['batch']} | {r['CE']:.2f} | " + " | ".join(f"{r[v]:.2f}" for v in ms) + f" | {r[top] - r['CE']:.2f} |"
+              for r in profile]
+    lines += ["", f"Per optimizer step ({PASSES} micro-batches, datasets drawn in proportion to their features) KD adds "
+              + ", ".join(f"{per_step[v]:.1f} ms at {v}" for v in ms)
+              + f": {100 * per_step[top] / 1e3 / base['step_s']:.2f}% of (a)'s {base['step_s']:.3f} s step. The DataLoader worker's "
+              f"gather and reconstruct add {worker:.1f} CPU ms per step at {top} (main table), "
+              f"{100 * worker / 1e3 / base['step_s']:.2f}% of the step" + ("." if gpu else ", on the cores the compute uses here.")]
     if throughput:
         lines += ["", "## Precompute throughput against the bare forward pass of the same teacher (target ≥ 0.90)", "",
                   "| data | features | bare forward s | precompute s | bare / precompute |", "|---|---|---|---|---|"]

@@ -132,15 +132,20 @@ def store_sizes(model, ft, tmp: Path) -> list[dict]:
     return rows
 
 
-def warm_gathers(store, split: str, ids: np.ndarray, rng, n: int) -> list[float]:
-    """Seconds per gather of a random batch, once every shard has been touched (mapped and verified)."""
-    store.gather("squad2", split, ids)
-    times = []
-    for _ in range(n):
-        q = rng.choice(ids, BATCH, replace=False)
-        t0 = time.perf_counter()
-        store.gather("squad2", split, q)
-        times.append(time.perf_counter() - t0)
+def warm_gathers(stores: dict, split: str, ids: np.ndarray, rng, rounds: int = 10, per_round: int = 50) -> dict[object, list[float]]:
+    """Seconds per gather of a random batch from each store, once every shard has been touched (mapped
+    and verified). The stores take turns, `per_round` gathers each, so a slow spell of a shared
+    machine falls on all of them alike instead of on whichever was measured then."""
+    for store in stores.values():
+        store.gather("squad2", split, ids)
+    times: dict[object, list[float]] = {k: [] for k in stores}
+    for _ in range(rounds):
+        for k, store in stores.items():
+            for _ in range(per_round):
+                q = rng.choice(ids, BATCH, replace=False)
+                t0 = time.perf_counter()
+                store.gather("squad2", split, q)
+                times[k].append(time.perf_counter() - t0)
     return times
 
 
@@ -162,17 +167,19 @@ def gather_latency(model, ft, tmp: Path) -> list[dict]:
         model.save_pretrained(str(teacher))
     rng = np.random.default_rng(0)
     ids = np.asarray(ft.table["feature_id"])
+    stores, first = {}, {}
     for comp in ("none", "lz4", "zstd"):
         store_dir = tmp / f"gather-{comp}"
         run(build_parser().parse_args([str(recipe_yaml), "--teacher", str(teacher), "--out", str(store_dir), "--split", "dev",
                                        "--top-k", "8", "--compression", comp, "--rows-per-shard", "256"]))
-        store = TeacherStore.open(store_dir, [ft])
+        stores[comp] = TeacherStore.open(store_dir, [ft])
         t0 = time.perf_counter()
-        store.gather("squad2", "dev", ids[:BATCH])
-        first = time.perf_counter() - t0
-        warm = warm_gathers(store, "dev", ids, rng, 200)
-        out.append({"compression": comp, "first_ms": first * 1e3, "warm_ms_median": statistics.median(warm) * 1e3,
-                    "warm_ms_p95": float(np.percentile(warm, 95)) * 1e3})
+        stores[comp].gather("squad2", "dev", ids[:BATCH])
+        first[comp] = time.perf_counter() - t0
+    warm = warm_gathers(stores, "dev", ids, rng)
+    for comp in stores:
+        out.append({"compression": comp, "first_ms": first[comp] * 1e3, "warm_ms_median": statistics.median(warm[comp]) * 1e3,
+                    "warm_ms_p95": float(np.percentile(warm[comp], 95)) * 1e3})
     return out
 
 
@@ -298,12 +305,11 @@ def growth(tmp: Path, kit: Path, base_rows: int) -> list[dict]:
         copies = [store_dir] + [tmp / f"growth-{mult}-copy{i}" for i in range(1, 6)]
         for c in copies[1:]:
             shutil.copytree(store_dir, c)
+        lat = warm_gathers({m: TeacherSet.open(copies[:m], [ft]) for m in (1, 3, 6)}, "train", ids, rng)
         for m in (1, 3, 6):
-            teachers = TeacherSet.open(copies[:m], [ft])
-            lat = warm_gathers(teachers, "train", ids, rng, 100)
             size = sum(p.stat().st_size for c in copies[:m] for p in c.rglob("*") if p.is_file())
             out.append({"rows": f"{mult}x", "questions": base_rows * mult, "features": len(ids), "teachers": m, "mb": size / 2**20,
-                        "gather_ms": statistics.median(lat) * 1e3})
+                        "gather_ms": statistics.median(lat[m]) * 1e3})
         for c in copies[1:]:
             shutil.rmtree(c)
     return out
@@ -321,6 +327,7 @@ def main() -> None:
     if not (kit / "kit.json").exists():
         sys.exit(f"no data kit at {kit}: run `road-ds data fetch`")
     torch.set_num_threads(os.cpu_count() or 1)
+    t_all = time.time()
     tmp = Path(tempfile.mkdtemp(prefix="road-ds-bench-"))
     try:
         qa, sent = make_inputs(tmp, kit, args.qa_articles, args.sentiment_rows)
@@ -343,7 +350,8 @@ def main() -> None:
 
     lines = ["# Teacher store benchmark", "",
              f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()}; Python {platform.python_version()}, "
-             f"torch {torch.__version__}, pyarrow {pyarrow.__version__}. Teacher: MiniLM-L6 (22.7M params) with fresh heads, fp32 on CPU.",
+             f"torch {torch.__version__}, pyarrow {pyarrow.__version__}. Teacher: MiniLM-L6 (22.7M params) with fresh heads, fp32 on CPU. "
+             f"Total {(time.time() - t_all) / 60:.1f} min.",
              f"Data: the kit's SQuAD-2.0-style dev, first {args.qa_articles} articles ({len(qa)} features, max_seq_length 256); "
              f"sentiment train, first {args.sentiment_rows} rows ({len(sent)} features, max_seq_length 64). Batch {BATCH}, {ROWS_PER_SHARD} rows per shard.",
              "Command: `make bench` (`python bench/store_bench.py`).", "",
@@ -357,6 +365,7 @@ def main() -> None:
     lines += ["", "Full fp32 logits: QA 2 x 256 x 4 = 2048 bytes, sentiment 2 x 4 = 8 bytes per feature. Rows also carry "
               "feature_id, the float32 log-normalizers, gold labels and (QA) the support size.", "",
               f"## Gather latency, QA, k=8 float16, batch {BATCH} random feature ids", "",
+              "Warm: 500 random batches per store, the three stores taking turns.", "",
               "| compression | first gather ms (map + verify + decompress) | warm median ms | warm p95 ms |", "|---|---|---|---|"]
     lines += [f"| {r['compression']} | {r['first_ms']:.1f} | {r['warm_ms_median']:.3f} | {r['warm_ms_p95']:.3f} |" for r in gathers]
     lines += ["", "## Gather throughput against reading the same bytes (QA, k=8 float16, uncompressed store)", "",
@@ -372,7 +381,7 @@ def main() -> None:
     lines += [f"| {r['k']} | {r['mass']:.4f} | {r['kl_mean']:.4f} | {r['kl_p99']:.4f} | {100 * r['argmax']:.2f}% | {100 * r['span']:.2f}% |" for r in fid]
     lines += ["", "## Growth with dataset size and teachers (QA, k=8 float16)", "",
               f"Rows: the first {args.growth_rows}, {4 * args.growth_rows} and {16 * args.growth_rows} questions of the kit's SQuAD-2.0-style train "
-              f"split. Gather: median of 100 random batches of {BATCH} ids from M stores.", "",
+              f"split. Gather: median of 500 random batches of {BATCH} ids from M stores, the three M taking turns.", "",
               "| rows | questions | features | teachers | store MiB | gather ms |", "|---|---|---|---|---|---|"]
     lines += [f"| {r['rows']} | {r['questions']} | {r['features']} | {r['teachers']} | {r['mb']:.2f} | {r['gather_ms']:.3f} |" for r in grow]
     text = "\n".join(lines) + "\n"

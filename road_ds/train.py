@@ -427,7 +427,8 @@ def run(args) -> dict:
         final["macro"] = macro(results)
         import resource
 
-        # peak resident memory of this (training) process and of its largest DataLoader worker, in MiB
+        # peak resident memory of this (training) process and of its largest finished child (the
+        # DataLoader workers; forked, so the pages they share with this process count too), in MiB
         final["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         final["peak_rss_workers_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
         logger.log(step, {f"eval/{n}/{k}": v for n, r in results.items() for k, v in r.items() if isinstance(v, float)} | {"eval/macro": final["macro"]})
