@@ -351,12 +351,28 @@ def build_features(recipe: Recipe, name: str, split: str, tokenizer=None, force:
     table.save_to_disk(str(tmp / "features"))
     examples.table.save_to_disk(str(tmp / "examples"))
     (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-    if final.exists():  # a forced rebuild, or another process finished first
-        shutil.rmtree(final)
-    os.rename(tmp, final)  # the folder appears whole or not at all
+    _publish(tmp, final, force)
     if log:
         log(f"built {spec.name}/{split}: {meta['examples']} examples -> {meta['features']} features in {meta['seconds']} s")
     return _load(spec, split, fp, final, hit=False)
+
+
+def _publish(tmp: Path, final: Path, force: bool) -> None:
+    """Rename the finished folder into place: it appears whole or not at all. Processes that share a
+    cache (a precompute array job's tasks, the ranks of a node) may build the same features at once;
+    the first to finish wins and the others drop their copy (same fingerprint, same content), never
+    deleting a folder another process may be reading. A forced rebuild replaces the old folder, and
+    so does any build a folder without meta.json (not a cache entry: nobody reads it)."""
+    if final.exists() and (force or not (final / "meta.json").exists()):
+        old = final.parent / f".{final.name}.old-{os.getpid()}"
+        os.rename(final, old)
+        shutil.rmtree(old, ignore_errors=True)
+    try:
+        os.rename(tmp, final)
+    except OSError:
+        if not (final / "meta.json").exists():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _load(spec, split, fp, path: Path, hit: bool) -> FeatureTable:

@@ -122,6 +122,32 @@ def test_half_written_cache_is_not_a_hit(qa_recipe):
     assert not again.cache_hit and (again.path / "meta.json").exists()
 
 
+def test_a_build_that_finishes_second_keeps_the_first_ones_folder(qa_recipe, monkeypatch):
+    """Two processes building the same features (the tasks of a precompute array job): the one that
+    finishes second must not delete the folder the first is already reading."""
+    import road_ds.features as features
+
+    recipe = load_recipe(qa_recipe)
+    real_convert, first = features.convert, {}
+
+    def convert_while_another_process_finishes(*args, **kwargs):
+        if not first:  # the other process builds, publishes and starts reading while we convert
+            monkeypatch.setattr(features, "convert", real_convert)
+            first["ft"] = build_features(recipe, "sq", "train")
+            first["inode"] = (first["ft"].path / "examples").stat().st_ino
+        return real_convert(*args, **kwargs)
+
+    monkeypatch.setattr(features, "convert", convert_while_another_process_finishes)
+    second = build_features(recipe, "sq", "train")
+    assert second.path == first["ft"].path and (second.path / "examples").stat().st_ino == first["inode"]
+    assert [p.name for p in second.path.parent.iterdir()] == [second.path.name]  # no temporary folder left behind
+    assert first["ft"].examples[0]["id"] and second.table["feature_id"] == first["ft"].table["feature_id"]
+
+    forced = build_features(recipe, "sq", "train", force=True)  # an explicit rebuild does replace it
+    assert (forced.path / "examples").stat().st_ino != first["inode"]
+    assert [p.name for p in forced.path.parent.iterdir()] == [forced.path.name]
+
+
 def test_classification_pairs_and_multiprocess_equal(tmp_path, tiny_tokenizer_dir, cache_dir):
     rows = [{"id": f"r{i}", "q": f"who was king in year {i}?", "s": "the king of france " * (1 + i % 7), "y": "yes" if i % 3 else "no"} for i in range(2400)]
     rows[0]["s"] = "paris"

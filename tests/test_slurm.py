@@ -43,24 +43,33 @@ def sbatch(*args, env: dict) -> str:
     return r.stdout.strip().split(";")[0]
 
 
+FAILED_STATES = ("FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "DEPENDENCY_NEVER_SATISFIED")
+
+
 def state(job: str) -> str:
+    """A job's state; for an array, the worst of its tasks'. A job whose dependency failed waits
+    forever in PENDING: that is a failure too."""
     r = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True)
-    for tok in r.stdout.split():
-        if tok.startswith("JobState="):
-            return tok.split("=", 1)[1]
-    return "GONE"
+    states = [tok.split("=", 1)[1] for tok in r.stdout.split() if tok.startswith("JobState=")]
+    if "Reason=DependencyNeverSatisfied" in r.stdout:
+        return "DEPENDENCY_NEVER_SATISFIED"
+    if not states:
+        return "GONE"
+    return next((s for s in states if s in FAILED_STATES), next((s for s in states if s != "COMPLETED"), "COMPLETED"))
 
 
-def wait_done(jobs: list[str], timeout: float = 900) -> None:
+def wait_done(jobs: list[str], logs: Path, timeout: float = 900) -> None:
+    """Until every job completed; on a failure, its output files' tails in the message."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         states = [state(j) for j in jobs]
         if all(s in ("COMPLETED", "GONE") for s in states):
             return
-        bad = [s for s in states if s in ("FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY")]
-        assert not bad, f"jobs {jobs}: {states}"
+        if any(s in FAILED_STATES for s in states):
+            break
         time.sleep(2)
-    pytest.fail(f"jobs {jobs} did not finish in {timeout} s: {[state(j) for j in jobs]}")
+    tails = "\n".join(f"--- {f.name}\n" + "\n".join(f.read_text(errors="replace").splitlines()[-15:]) for f in sorted(logs.glob("*.out")))
+    pytest.fail(f"jobs {jobs}: {[state(j) for j in jobs]} (timeout {timeout} s)\n{tails}")
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +88,7 @@ def pipeline(cluster, tmp_path_factory):
                    env={**env, "TEACHERS": f"{d}/t0/export {d}/t1/export", "RECIPE": str(d / "teachers.yaml"), "STORES": str(d / "stores")})
     student = sbatch(f"--dependency=afterok:{array}", "--ntasks-per-node=2", "--cpus-per-task=1", f"--output={d}/student-%j.out",
                      "slurm/train_road.sh", env={**env, "RECIPE": str(d / "student.yaml"), "OUT": str(d / "run")})
-    wait_done([array, student])
+    wait_done([array, student], d)
     return d, env
 
 
@@ -128,7 +137,7 @@ def test_preemption_signal_checkpoints_requeues_and_ends_with_the_same_loss(pipe
     job = _submit_student(d, env, out)
     _wait_for_checkpoint(out, job, 4)
     subprocess.run(["scancel", "--signal=USR1", job], check=True)  # what --signal=USR1@300 sends before the time limit
-    wait_done([job])
+    wait_done([job], d)
     log = (d / f"preempted-{job}.out").read_text()
     assert "stopped by a signal" in log and "requeueing job" in log and "resumed from" in log, log[-3000:]
     ref, got = losses(d / "run"), losses(out)
@@ -151,7 +160,7 @@ def test_abrupt_kill_loses_at_most_the_steps_since_the_checkpoint(pipeline):
     assert len(ranks) >= 2, f"rank processes not found among {pids}"
     for p in ranks:
         os.kill(int(p), signal.SIGKILL)
-    wait_done([job])
+    wait_done([job], d)
     log = (d / f"killed-{job}.out").read_text()
     assert "requeueing job" in log and "resumed from" in log, log[-3000:]
     ref, got = losses(d / "run"), losses(out)
