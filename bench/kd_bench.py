@@ -128,28 +128,33 @@ def workers_cpu_s() -> float:
     return sum(int(t.read_text().split()[0]) for d in live_children() for t in d.glob("task/*/schedstat")) / 1e9
 
 
+def student(work: Path, teachers: int, max_steps: int):
+    """The student's recipe (WKD from the first `teachers` stores; none: no KD), tokenizer and train features."""
+    from road_ds.features import build_features, load_tokenizer
+    from road_ds.recipe import load_recipe
+
+    sets = ["kd.teachers=" + json.dumps([str(work / f"store{i}") for i in range(teachers)]), "kd.combine=wkd"] if teachers else []
+    recipe = load_recipe(work / "student.yaml", [*sets, f"train.max_steps={max_steps}"])
+    tok = load_tokenizer(recipe.model.tokenizer_path)
+    return recipe, tok, {d.name: build_features(recipe, d.name, "train", tokenizer=tok) for d in recipe.datasets}
+
+
 def setup(args):
     """The student's DeepSpeed engine over the bench's train features; KD from `args.teachers` stores."""
     import deepspeed
     import torch.distributed as dist
 
     from road_ds.dist import export_env
-    from road_ds.features import build_features, load_tokenizer
     from road_ds.model import build_model, param_groups
-    from road_ds.recipe import load_recipe
     from road_ds.train import engine_config
 
-    work = Path(args.work)
-    sets = ["kd.teachers=" + json.dumps([str(work / f"store{i}") for i in range(args.teachers)]), "kd.combine=wkd"] if args.teachers else []
-    recipe = load_recipe(work / "student.yaml", [*sets, f"train.max_steps={args.warmup + args.steps}"])
+    recipe, tok, tables = student(Path(args.work), args.teachers, args.warmup + args.steps)
     cpu = not torch.cuda.is_available()
     ds_config = engine_config(recipe, args.ds_config, export_env().size, cpu)
     deepspeed.init_distributed(dist_backend="gloo" if cpu else "nccl")
     device = torch.device("cpu") if cpu else torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     if not cpu:
         torch.cuda.set_device(device)
-    tok = load_tokenizer(recipe.model.tokenizer_path)
-    tables = {d.name: build_features(recipe, d.name, "train", tokenizer=tok) for d in recipe.datasets}
     torch.manual_seed(0)
     model = build_model(recipe)
     engine, *_ = deepspeed.initialize(model=model, model_parameters=param_groups(model, recipe.train.lr, 0.01, 1.0), config=ds_config)
@@ -281,14 +286,9 @@ def loss_profile(work: Path, args, device) -> list[dict]:
     against CE + KD from M teachers' gathered targets, alternated over many repetitions. The model's
     forward and backward are the same in (a) and (b), so this difference is all the compute KD adds."""
     from road_ds.data import TrainBatches
-    from road_ds.features import build_features, load_tokenizer
-    from road_ds.recipe import load_recipe
     from road_ds.train import compute_loss, schedule_kwargs
 
-    m_max = max(args.teachers_list)
-    recipe = load_recipe(work / "student.yaml", ["kd.teachers=" + json.dumps([str(work / f"store{i}") for i in range(m_max)]), "kd.combine=wkd"])
-    tok = load_tokenizer(recipe.model.tokenizer_path)
-    tables = {d.name: build_features(recipe, d.name, "train", tokenizer=tok) for d in recipe.datasets}
+    recipe, tok, tables = student(work, max(args.teachers_list), args.warmup + args.steps)
     teachers = {n: recipe.kd_for(n).teachers for n in tables}
     items = {}
     for item in TrainBatches(tables, teachers, schedule_kwargs(recipe, tables, 1, 0), None, recipe.train.max_steps, tok.pad_token_id or 0):

@@ -132,16 +132,19 @@ def store_sizes(model, ft, tmp: Path) -> list[dict]:
     return rows
 
 
-def warm_gathers(stores: dict, split: str, ids: np.ndarray, rng, rounds: int = 10, per_round: int = 50) -> dict[object, list[float]]:
+GATHER_ROUNDS, GATHERS_PER_ROUND = 10, 50
+
+
+def warm_gathers(stores: dict, split: str, ids: np.ndarray, rng) -> dict[object, list[float]]:
     """Seconds per gather of a random batch from each store, once every shard has been touched (mapped
-    and verified). The stores take turns, `per_round` gathers each, so a slow spell of a shared
+    and verified). The stores take turns, GATHERS_PER_ROUND gathers each, so a slow spell of a shared
     machine falls on all of them alike instead of on whichever was measured then."""
     for store in stores.values():
         store.gather("squad2", split, ids)
     times: dict[object, list[float]] = {k: [] for k in stores}
-    for _ in range(rounds):
+    for _ in range(GATHER_ROUNDS):
         for k, store in stores.items():
-            for _ in range(per_round):
+            for _ in range(GATHERS_PER_ROUND):
                 q = rng.choice(ids, BATCH, replace=False)
                 t0 = time.perf_counter()
                 store.gather("squad2", split, q)
@@ -365,7 +368,7 @@ def main() -> None:
     lines += ["", "Full fp32 logits: QA 2 x 256 x 4 = 2048 bytes, sentiment 2 x 4 = 8 bytes per feature. Rows also carry "
               "feature_id, the float32 log-normalizers, gold labels and (QA) the support size.", "",
               f"## Gather latency, QA, k=8 float16, batch {BATCH} random feature ids", "",
-              "Warm: 500 random batches per store, the three stores taking turns.", "",
+              f"Warm: {GATHER_ROUNDS * GATHERS_PER_ROUND} random batches per store, the three stores taking turns.", "",
               "| compression | first gather ms (map + verify + decompress) | warm median ms | warm p95 ms |", "|---|---|---|---|"]
     lines += [f"| {r['compression']} | {r['first_ms']:.1f} | {r['warm_ms_median']:.3f} | {r['warm_ms_p95']:.3f} |" for r in gathers]
     lines += ["", "## Gather throughput against reading the same bytes (QA, k=8 float16, uncompressed store)", "",
@@ -381,7 +384,7 @@ def main() -> None:
     lines += [f"| {r['k']} | {r['mass']:.4f} | {r['kl_mean']:.4f} | {r['kl_p99']:.4f} | {100 * r['argmax']:.2f}% | {100 * r['span']:.2f}% |" for r in fid]
     lines += ["", "## Growth with dataset size and teachers (QA, k=8 float16)", "",
               f"Rows: the first {args.growth_rows}, {4 * args.growth_rows} and {16 * args.growth_rows} questions of the kit's SQuAD-2.0-style train "
-              f"split. Gather: median of 500 random batches of {BATCH} ids from M stores, the three M taking turns.", "",
+              f"split. Gather: median of {GATHER_ROUNDS * GATHERS_PER_ROUND} random batches of {BATCH} ids from M stores, the three M taking turns.", "",
               "| rows | questions | features | teachers | store MiB | gather ms |", "|---|---|---|---|---|---|"]
     lines += [f"| {r['rows']} | {r['questions']} | {r['features']} | {r['teachers']} | {r['mb']:.2f} | {r['gather_ms']:.3f} |" for r in grow]
     text = "\n".join(lines) + "\n"
