@@ -6,6 +6,10 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 TORCH ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
 DEMO_OUT ?= outputs/demo
+# DeepSpeed's C++ ops (CPU all-reduce) compile on first use, keyed by this venv's paths: a build dir of
+# the venv's own, so checkouts sharing ~/.cache do not rebuild over each other (or wait forever on the
+# lock of a build that was killed).
+export TORCH_EXTENSIONS_DIR ?= $(abspath $(VENV))/torch_extensions
 
 .PHONY: venv demo test kit bench study clean
 

@@ -144,14 +144,14 @@ def setup(args):
     import deepspeed
     import torch.distributed as dist
 
-    from road_ds.dist import export_env
+    from road_ds.dist import export_env, init_deepspeed
     from road_ds.model import build_model, param_groups
     from road_ds.train import engine_config
 
     recipe, tok, tables = student(Path(args.work), args.teachers, args.warmup + args.steps)
     cpu = not torch.cuda.is_available()
     ds_config = engine_config(recipe, args.ds_config, export_env().size, cpu)
-    deepspeed.init_distributed(dist_backend="gloo" if cpu else "nccl")
+    init_deepspeed(cpu)
     device = torch.device("cpu") if cpu else torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     if not cpu:
         torch.cuda.set_device(device)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,55 @@ def init_process_group(world: World, backend: str = "gloo") -> None:
     os.environ.setdefault("MASTER_ADDR", _slurm_master())
     os.environ.setdefault("MASTER_PORT", str(29500 + int(os.environ.get("SLURM_JOB_ID", "0")) % 1000))
     dist.init_process_group(backend, rank=world.rank, world_size=world.size)
+
+
+# DeepSpeed's CPU all-reduce (its shm comm op) maps one segment per rank, /dev/shm/<prefix>_<uid>_<master
+# addr>_<master port>_<rank>, of this size, and never unlinks it.
+SHM_DIR = Path("/dev/shm")
+SHM_PREFIX = "deepspeed_allreduce_buffer"
+SHM_SEGMENT_BYTES = 69_206_024
+
+
+def init_deepspeed(cpu: bool) -> None:
+    """deepspeed.init_distributed, without DeepSpeed's /dev/shm leak on CPU.
+
+    Left alone, every CPU run leaves one all-reduce segment per rank in /dev/shm (RAM) under a name
+    keyed by the master port, until /dev/shm is full; then a rank cannot create its segment and its
+    peers spin forever waiting to map it. So: refuse to start when /dev/shm cannot hold this node's
+    segments, and once every rank has mapped every peer's (init_distributed returns only then; the
+    barrier makes it every rank), unlink our own name: the memory stays mapped and is freed when the
+    last rank exits, even on a kill."""
+    import deepspeed
+    import torch.distributed as dist
+
+    if cpu:
+        _check_shm_room()
+    deepspeed.init_distributed(dist_backend="gloo" if cpu else "nccl")
+    if cpu:
+        dist.barrier()
+        shm_segment(dist.get_rank()).unlink(missing_ok=True)
+
+
+def shm_segment(rank: int) -> Path:
+    """The name DeepSpeed's CPU all-reduce gives `rank`'s segment in this job (MASTER_ADDR/PORT)."""
+    env = os.environ
+    return SHM_DIR / f"{SHM_PREFIX}_{os.getuid()}_{env.get('MASTER_ADDR', '')}_{env.get('MASTER_PORT', '')}_{rank}"
+
+
+def _check_shm_room() -> None:
+    # DeepSpeed maps the segments only when all ranks share the node, as its launcher's LOCAL_SIZE says
+    local, world = os.environ.get("LOCAL_SIZE"), os.environ.get("WORLD_SIZE")
+    if not SHM_DIR.is_dir() or not local or local != world:
+        return
+    st = os.statvfs(SHM_DIR)
+    free, need = st.f_bavail * st.f_frsize, SHM_SEGMENT_BYTES * int(local)
+    if free < need:
+        stale = list(SHM_DIR.glob(f"{SHM_PREFIX}_*"))
+        raise RuntimeError(
+            f"{SHM_DIR}: {free / 2**20:.0f} MiB free, DeepSpeed's CPU all-reduce needs {need / 2**20:.0f} MiB for {local} rank(s) "
+            f"on this node (without it the ranks hang at start); {len(stale)} {SHM_PREFIX}_* segments left by earlier runs "
+            f"hold {sum(f.stat().st_size for f in stale) / 2**20:.0f} MiB: remove those of runs that have ended"
+        )
 
 
 def barrier() -> None:

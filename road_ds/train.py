@@ -251,10 +251,10 @@ def run(args) -> dict:
     T = recipe.train
 
     # the DeepSpeed config first: a contradiction with the recipe stops us before any work
-    from road_ds.dist import export_env
+    from road_ds.dist import export_env, init_deepspeed
 
     ds_config = engine_config(recipe, args.deepspeed_config, export_env().size, cpu)
-    deepspeed.init_distributed(dist_backend="gloo" if cpu else "nccl")
+    init_deepspeed(cpu)
     import torch.distributed as dist
 
     rank, world = dist.get_rank(), dist.get_world_size()

@@ -59,7 +59,8 @@ def state(job: str) -> str:
 
 
 def wait_done(jobs: list[str], logs: Path, timeout: float = 900) -> None:
-    """Until every job completed; on a failure, its output files' tails in the message."""
+    """Until every job completed; on a failure, its output files' tails in the message, and the jobs
+    cancelled (left running, they would compete with the tests that follow)."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         states = [state(j) for j in jobs]
@@ -68,8 +69,10 @@ def wait_done(jobs: list[str], logs: Path, timeout: float = 900) -> None:
         if any(s in FAILED_STATES for s in states):
             break
         time.sleep(2)
+    final = [state(j) for j in jobs]
+    subprocess.run(["scancel", *jobs], capture_output=True)
     tails = "\n".join(f"--- {f.name}\n" + "\n".join(f.read_text(errors="replace").splitlines()[-15:]) for f in sorted(logs.glob("*.out")))
-    pytest.fail(f"jobs {jobs}: {[state(j) for j in jobs]} (timeout {timeout} s)\n{tails}")
+    pytest.fail(f"jobs {jobs}: {final} (timeout {timeout} s)\n{tails}")
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ import pytest
 import yaml
 from conftest import deepspeed_launcher, squad_doc, write_jsonl, write_tiny_teacher
 
+from road_ds.dist import SHM_DIR, SHM_PREFIX
 from road_ds.precompute import main as precompute
 
 REPO = Path(__file__).resolve().parent.parent
@@ -99,8 +100,18 @@ def losses(out: Path, key: str = "loss") -> dict[int, float]:
     return {r["step"]: r[key] for r in rows if key in r}
 
 
+def output(p, timeout=600) -> str:
+    """The run's output. A run still going after `timeout` fails the test, killed with its ranks (its
+    own session): left running, it would hold CPU and memory through every test after it."""
+    try:
+        return p.communicate(timeout=timeout)[0]
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        pytest.fail(f"still running after {timeout} s, killed:\n{p.communicate()[0][-4000:]}")
+
+
 def finish(p, timeout=600) -> str:
-    text, _ = p.communicate(timeout=timeout)
+    text = output(p, timeout)
     assert p.returncode == 0, text[-4000:]
     return text
 
@@ -109,6 +120,7 @@ def finish(p, timeout=600) -> str:
 @pytest.mark.parametrize("stage,port", [(2, 29611), (3, 29621)])
 def test_two_ranks_kd_loss_decreases_and_resume_after_sigkill_is_exact(world, stage, port):
     d, tok, stores = world
+    segments_before = set(SHM_DIR.glob(f"{SHM_PREFIX}_*"))
     sets = ()
     ref = d / f"ref{stage}"
     finish(launch(d, ref, stage, port, *sets))
@@ -148,6 +160,9 @@ def test_two_ranks_kd_loss_decreases_and_resume_after_sigkill_is_exact(world, st
     tol = 1e-6 if stage == 2 else 3e-3
     for s in range(saved + 2, 17):
         assert resumed[s] == pytest.approx(full[s], abs=tol, rel=tol), (s, resumed[s], full[s])
+    # DeepSpeed's CPU all-reduce segments (~66 MiB of RAM per rank and run) are gone, the killed run's too
+    left = set(SHM_DIR.glob(f"{SHM_PREFIX}_*")) - segments_before
+    assert left == set(), sorted(f.name for f in left)
 
 
 @pytest.mark.slow
@@ -196,7 +211,7 @@ def test_store_for_other_features_stops_training_with_both_fingerprints(world, t
     r["features"]["max_seq_length"] = 48  # other features than the stores were made on
     (d / "other.yaml").write_text(yaml.safe_dump(r))
     p = launch(d, tmp_path / "o", 2, 29641, recipe="other.yaml", ranks=1)
-    text, _ = p.communicate(timeout=300)
+    text = output(p, 300)
     assert p.returncode != 0
     assert "computed on features" in text and "store0" in text and "Traceback" not in text.split("computed on features")[0][-2000:]
     assert not (tmp_path / "o" / "checkpoints").exists()
@@ -246,7 +261,7 @@ def test_resume_with_another_recipe_or_teachers_is_refused(world):
         finish(launch(d, ref, 2, None))
     for extra, what in ((("--set", "kd.alpha=0.3"), "recipe"), (("--set", f"kd.teachers=[{stores[0]}]"), "recipe")):
         p = launch(d, ref, 2, None, *extra)
-        text, _ = p.communicate(timeout=300)
+        text = output(p, 300)
         assert p.returncode != 0 and f"made with another {what}" in text and "--force-resume" in text
 
 
@@ -264,3 +279,20 @@ def test_evaluate_refuses_a_model_without_the_datasets_head(world, tmp_path, cap
     assert evaluate([str(d / "kd.yaml"), "--model", str(export), "--out", str(tmp_path / "e")]) == 2
     err = capsys.readouterr().err
     assert "no head 'pair'" in err and "pairs" in err
+
+
+def test_a_dev_shm_too_full_for_the_ranks_is_refused_with_the_stale_segments(tmp_path, monkeypatch):
+    """Without room for its all-reduce segment a CPU rank hangs its peers at start: refuse instead."""
+    from road_ds import dist
+
+    for name in ("29500_0", "29500_1"):
+        (tmp_path / f"{SHM_PREFIX}_0_127.0.0.1_{name}").write_bytes(b"x" * 1000)
+    monkeypatch.setattr(dist, "SHM_DIR", tmp_path)
+    monkeypatch.setenv("LOCAL_SIZE", "2")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    st = os.statvfs(tmp_path)
+    monkeypatch.setattr(dist, "SHM_SEGMENT_BYTES", st.f_bavail * st.f_frsize // 2 + 1)
+    with pytest.raises(RuntimeError, match=rf"{tmp_path}: .* for 2 rank\(s\).* 2 {SHM_PREFIX}_\* segments"):
+        dist._check_shm_room()
+    monkeypatch.setattr(dist, "SHM_SEGMENT_BYTES", 1000)
+    dist._check_shm_room()
