@@ -97,10 +97,11 @@ def init_deepspeed(cpu: bool) -> None:
     import deepspeed
     import torch.distributed as dist
 
-    if cpu:
+    shm = cpu and _shm_in_use()
+    if shm:
         _check_shm_room()
     deepspeed.init_distributed(dist_backend="gloo" if cpu else "nccl")
-    if cpu:
+    if shm:
         dist.barrier()
         shm_segment(dist.get_rank()).unlink(missing_ok=True)
 
@@ -111,17 +112,20 @@ def shm_segment(rank: int) -> Path:
     return SHM_DIR / f"{SHM_PREFIX}_{os.getuid()}_{env.get('MASTER_ADDR', '')}_{env.get('MASTER_PORT', '')}_{rank}"
 
 
+def _shm_in_use() -> bool:
+    """DeepSpeed maps the segments only when all ranks share the node, as its launcher's LOCAL_SIZE
+    says (srun and torchrun do not set it)."""
+    local = os.environ.get("LOCAL_SIZE")
+    return SHM_DIR.is_dir() and bool(local) and local == os.environ.get("WORLD_SIZE")
+
+
 def _check_shm_room() -> None:
-    # DeepSpeed maps the segments only when all ranks share the node, as its launcher's LOCAL_SIZE says
-    local, world = os.environ.get("LOCAL_SIZE"), os.environ.get("WORLD_SIZE")
-    if not SHM_DIR.is_dir() or not local or local != world:
-        return
     st = os.statvfs(SHM_DIR)
-    free, need = st.f_bavail * st.f_frsize, SHM_SEGMENT_BYTES * int(local)
+    free, need = st.f_bavail * st.f_frsize, SHM_SEGMENT_BYTES * int(os.environ["LOCAL_SIZE"])
     if free < need:
         stale = list(SHM_DIR.glob(f"{SHM_PREFIX}_*"))
         raise RuntimeError(
-            f"{SHM_DIR}: {free / 2**20:.0f} MiB free, DeepSpeed's CPU all-reduce needs {need / 2**20:.0f} MiB for {local} rank(s) "
+            f"{SHM_DIR}: {free / 2**20:.0f} MiB free, DeepSpeed's CPU all-reduce needs {need / 2**20:.0f} MiB for {os.environ['LOCAL_SIZE']} rank(s) "
             f"on this node (without it the ranks hang at start); {len(stale)} {SHM_PREFIX}_* segments left by earlier runs "
             f"hold {sum(f.stat().st_size for f in stale) / 2**20:.0f} MiB: remove those of runs that have ended"
         )

@@ -292,6 +292,7 @@ def test_a_dev_shm_too_full_for_the_ranks_is_refused_with_the_stale_segments(tmp
     monkeypatch.setenv("WORLD_SIZE", "2")
     st = os.statvfs(tmp_path)
     monkeypatch.setattr(dist, "SHM_SEGMENT_BYTES", st.f_bavail * st.f_frsize // 2 + 1)
+    assert dist._shm_in_use()
     with pytest.raises(RuntimeError, match=rf"{tmp_path}: .* for 2 rank\(s\).* 2 {SHM_PREFIX}_\* segments"):
         dist._check_shm_room()
     monkeypatch.setattr(dist, "SHM_SEGMENT_BYTES", 1000)
