@@ -146,7 +146,7 @@ def setup(args):
 
     from road_ds.dist import export_env, init_deepspeed
     from road_ds.model import build_model, param_groups
-    from road_ds.train import engine_config
+    from road_ds.train import engine_config, task_balance
 
     recipe, tok, tables = student(Path(args.work), args.teachers, args.warmup + args.steps)
     cpu = not torch.cuda.is_available()
@@ -159,17 +159,18 @@ def setup(args):
     model = build_model(recipe)
     engine, *_ = deepspeed.initialize(model=model, model_parameters=param_groups(model, recipe.train.lr, 0.01, 1.0), config=ds_config)
     engine.train()
-    return recipe, engine, tables, tok.pad_token_id or 0, device, dist.get_rank(), dist.get_world_size()
+    balance = task_balance(recipe, engine)  # the trainer's task balance and encoder probe, as in training
+    return recipe, engine, balance, tables, tok.pad_token_id or 0, device, dist.get_rank(), dist.get_world_size()
 
 
-def timed_step(engine, it, recipe, tables, step: int, device, teacher_of=lambda item: item.get("teacher")) -> tuple[float, float, int]:
+def timed_step(engine, balance, it, recipe, tables, step: int, device, teacher_of=lambda item: item.get("teacher")) -> tuple[float, float, int]:
     """The trainer's step, timed: (seconds, seconds waiting for the loader, rows)."""
     from road_ds.train import train_step
 
     if device.type == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    micros, wait = train_step(engine, it, recipe, tables, step, device, teacher_of)
+    micros, wait = train_step(engine, it, recipe, tables, step, device, teacher_of, *balance)
     if device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - t0, wait, sum(r for *_, r in micros)
@@ -181,7 +182,7 @@ def run_variant(args) -> None:
 
     from road_ds.train import schedule_kwargs, train_loader
 
-    recipe, engine, tables, pad, device, rank, world = setup(args)
+    recipe, engine, balance, tables, pad, device, rank, world = setup(args)
     offline = {n: recipe.kd_for(n).teachers for n in tables} if args.variant == "offline" else {}
     it = iter(train_loader(recipe, tables, offline, schedule_kwargs(recipe, tables, world, rank), None, pad))
     teacher_of = lambda item: item.get("teacher")  # noqa: E731
@@ -194,7 +195,7 @@ def run_variant(args) -> None:
     for step in range(recipe.train.max_steps):
         if step == args.warmup:  # the first steps pay for allocation, the loader's start and caches
             workers0 = workers_cpu_s()
-        seconds, wait, n = timed_step(engine, it, recipe, tables, step, device, teacher_of)
+        seconds, wait, n = timed_step(engine, balance, it, recipe, tables, step, device, teacher_of)
         if step >= args.warmup:
             times.append(seconds)
             waits.append(wait)
@@ -215,7 +216,7 @@ def run_paired(args) -> None:
     processes minutes apart do."""
     from road_ds.train import schedule_kwargs, train_loader
 
-    recipe, engine, tables, pad, device, rank, world = setup(args)
+    recipe, engine, balance, tables, pad, device, rank, world = setup(args)
     teachers = {n: recipe.kd_for(n).teachers for n in tables}
     variants = {"a": {}, **{f"M={m}": {n: t[:m] for n, t in teachers.items()} for m in args.teachers_list}}
     its = {v: iter(train_loader(recipe, tables, offline, schedule_kwargs(recipe, tables, world, rank), None, pad))
@@ -224,7 +225,7 @@ def run_paired(args) -> None:
     times: dict[str, list[float]] = {v: [] for v in its}
     for step in range(recipe.train.max_steps):
         for v in order[step % len(order):] + order[:step % len(order)]:
-            seconds, _, _ = timed_step(engine, its[v], recipe, tables, step, device)
+            seconds, _, _ = timed_step(engine, balance, its[v], recipe, tables, step, device)
             if step >= args.warmup:
                 times[v].append(seconds)
     result = {v: {"step_s": statistics.median(t), "ratios": sorted(x / a for x, a in zip(t, times["a"]))} for v, t in times.items()}

@@ -78,9 +78,18 @@ def score(ft, logits: dict[str, list], n_best_size: int = 20, max_answer_length:
         version_2 = any(not a["text"] for a in ft.examples["answers"])
         pred = postprocess_qa_predictions(ft.examples, ft.table, logits["start"], logits["end"], version_2_with_negative=version_2,
                                           n_best_size=n_best_size, max_answer_length=max_answer_length)
-        res = dict(squad_evaluate(squad_dataset(ft.examples), pred.predictions, pred.na_probs if version_2 else None))
+        data = squad_dataset(ft.examples)
+        res = dict(squad_evaluate(data, pred.predictions, pred.na_probs if version_2 else None))
+        files = {"predictions": pred.predictions, "na_probs": pred.na_probs}
+        if version_2:
+            # the best non-null span of every question scored with the na-probs, which is what the
+            # official best_* threshold search is for: where the null score wins everywhere (early
+            # in training) the predictions as written are all "" and hide what the span head learned
+            span = squad_evaluate(data, pred.best_spans, pred.na_probs)
+            res |= {f"span_{k}": span[k] for k in ("HasAns_exact", "HasAns_f1", "best_exact", "best_f1", "best_f1_thresh") if k in span}
+            files["span_predictions"] = pred.best_spans
         res["main"] = res["f1"] / 100.0
-        return res, {"predictions": pred.predictions, "na_probs": pred.na_probs}
+        return res, files
     preds = np.stack(logits["cls"]).argmax(-1)
     res = classification_metrics(ft.table["label"], preds, num_labels=len(ft.spec.label_names))
     res["main"] = res["accuracy"]
@@ -94,8 +103,8 @@ def evaluate_split(forward, ft, rank, world_size, batch_size, pad_id, device, ou
     res, files = score(ft, logits, **decode)
     if out_dir is not None and files:
         stem = Path(out_dir) / f"{ft.spec.name}-{ft.split}"
-        write_json(f"{stem}-predictions.json", files["predictions"])
-        write_json(f"{stem}-na_probs.json", files["na_probs"])
+        for key, data in files.items():
+            write_json(f"{stem}-{key}.json", data)
     return res
 
 

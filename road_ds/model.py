@@ -153,6 +153,18 @@ def build_encoder(spec, seed: int = 0) -> nn.Module:
     return encoder
 
 
+def reinit_pooler(encoder: nn.Module) -> None:
+    """The encoder's pooler drawn afresh, as transformers initialises a missing weight."""
+    pooler = getattr(encoder, "pooler", None)
+    if pooler is None:
+        raise DataError(None, f"a {type(encoder).__name__} has no pooler to draw afresh", field="model.reinit_pooler")
+    std = getattr(encoder.config, "initializer_range", 0.02)
+    for m in pooler.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=std)
+            nn.init.zeros_(m.bias)
+
+
 def load_export_weights(model: RoadModel, path: str | Path, heads: list[str] | None) -> list[str]:
     """Take the encoder (and the named heads) from an export dir: the fine-tuning stage after MTL."""
     path = Path(path)
@@ -194,7 +206,10 @@ def recipe_heads(recipe) -> list[HeadSpec]:
 
 def build_model(recipe, heads: list[HeadSpec] | None = None) -> RoadModel:
     spec = recipe.model
-    model = RoadModel(build_encoder(spec, seed=recipe.train.seed), heads if heads is not None else recipe_heads(recipe))
+    encoder = build_encoder(spec, seed=recipe.train.seed)
+    if spec.reinit_pooler:
+        reinit_pooler(encoder)
+    model = RoadModel(encoder, heads if heads is not None else recipe_heads(recipe))
     if spec.init_from:
         load_export_weights(model, spec.init_from, spec.init_heads)
     return model

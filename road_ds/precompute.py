@@ -193,7 +193,7 @@ def run(args) -> Path:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     log = (lambda m: print(m, file=sys.stderr, flush=True)) if world.is_main else (lambda m: None)
-    recipe = load_recipe(args.recipe)
+    recipe = load_recipe(args.recipe, args.set or [])
     names = args.dataset or [d.name for d in recipe.datasets]
     splits = args.split or ["train"]
     tokenizer = load_tokenizer(recipe.model.tokenizer_path)
@@ -292,6 +292,7 @@ def _write_manifest(out: Path, tables, plan, args, identity) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="road-ds precompute", description="Run one teacher offline; write its top-k logits to a teacher store.")
     p.add_argument("recipe")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe field, as in training (the features must be the student's)")
     p.add_argument("--teacher", required=True, help="a HF model dir (*ForQuestionAnswering / *ForSequenceClassification) or a road_ds export dir")
     p.add_argument("--out", required=True, help="the store directory")
     p.add_argument("--dataset", action="append", help="only this dataset (repeatable; default: all of the recipe)")

@@ -39,6 +39,10 @@ class ModelSpec(_Strict):
     init_layers: int | None = Field(None, ge=1)  # a student from the first N layers of name_or_path
     init_from: str | None = None  # an export dir of another run (the fine-tuning stage after MTL)
     init_heads: list[str] | None = None  # which heads to take from init_from (default: all that match)
+    # draw the pooler (BERT's dense + tanh over [CLS], which its classification heads read) afresh: a
+    # sentence-embedding checkpoint trained with mean pooling leaves it untrained and near zero
+    # (all-MiniLM-L6-v2: weight std 0.009), and a head reading it then starts with constant inputs
+    reinit_pooler: bool = False
 
     @property
     def tokenizer_path(self) -> str:
@@ -70,7 +74,7 @@ class TrainSpec(_Strict):
     eval_every: int = Field(0, ge=0)  # steps; 0 = only at the end
     save_every: int = Field(100, ge=1)
     log_every: int = Field(10, ge=1)
-    keep_checkpoints: int = Field(2, ge=1)
+    keep_checkpoints: int = Field(2, ge=0)  # the latest N; 0: the latest while running, none once the run is exported
     num_workers: int = Field(1, ge=0)  # DataLoader workers that build batches and gather teacher targets
     eval_batch_size: int = Field(32, ge=1)
     n_best_size: int = Field(20, ge=1)
@@ -81,8 +85,12 @@ class MTLSpec(_Strict):
     """ROaD Algorithm 1: each optimizer step averages `passes` micro-batches, each from one dataset."""
 
     passes: int = Field(1, ge=1)
-    policy: Literal["uniform", "proportional", "temperature"] = "proportional"
+    policy: Literal["uniform", "proportional", "temperature"] = "proportional"  # by examples (QA: questions, not windows)
     temperature: float = Field(2.0, gt=0.0)
+    # each task's loss scaled so the gradient it gives the shared encoder's parameters has the same
+    # running size as the others' (road_ds/balance.py); `none` sums the losses as they are
+    balance: Literal["grad_norm", "none"] = "grad_norm"
+    balance_decay: float = Field(0.9, ge=0.0, lt=1.0)  # the running mean's decay, per micro-batch of a task
 
 
 class FeatureParams(_Strict):
@@ -111,6 +119,7 @@ class DatasetSpec(_Strict):
     answer_start: Literal["strict", "nearest"] = "strict"
     max_seq_length: int | None = Field(None, ge=16)  # this dataset's own length; default features.max_seq_length
     limit: dict[str, int] = {}  # split -> use only the first N examples (quick runs on a slice)
+    loss_weight: float = Field(1.0, gt=0.0)  # a static factor on this dataset's loss, on top of mtl.balance
     train_split: str | None = None  # default: "train" when the files have it (else evaluation only)
     eval_split: str | None = None  # default: "dev" or "validation" when the files have it
     kd: KDSpec | None = None  # default: the recipe's top-level kd

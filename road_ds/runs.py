@@ -34,9 +34,23 @@ def deepspeed_cmd() -> list[str]:
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "deepspeed.launcher.runner"]
 
 
-def run_steps(steps: list[Step], logs: Path, jobs: int = 1, log=print) -> dict[str, float]:
+def _last_progress(log_file: Path) -> str:
+    """The last line (or progress-bar frame) a step wrote to its log: what it is doing now."""
+    try:
+        with open(log_file, "rb") as fh:
+            fh.seek(max(0, fh.seek(0, os.SEEK_END) - 4096))
+            tail = fh.read().decode(errors="replace")
+    except OSError:
+        return ""
+    frames = [f.strip() for f in tail.replace("\r", "\n").split("\n") if f.strip()]
+    return frames[-1][:160] if frames else ""
+
+
+def run_steps(steps: list[Step], logs: Path, jobs: int = 1, log=print, progress_every: float = 30.0) -> dict[str, float]:
     """Run the unfinished steps, `jobs` at a time, each after the steps it needs; CPU threads are split
-    between them. Returns each step's wall-clock seconds (also kept in `logs/wall_s.json`)."""
+    between them. Every `progress_every` seconds a line per running step says where it is (stage k of
+    n, its elapsed time, the last line of its log), so a long step is never silent. Returns each
+    step's wall-clock seconds (also kept in `logs/wall_s.json`)."""
     logs.mkdir(parents=True, exist_ok=True)
     wall_file = logs / "wall_s.json"
     wall = json.loads(wall_file.read_text()) if wall_file.exists() else {}
@@ -53,12 +67,15 @@ def run_steps(steps: list[Step], logs: Path, jobs: int = 1, log=print) -> dict[s
         env |= {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
     running: dict[str, tuple[subprocess.Popen, float, Step]] = {}
     failed: list[str] = []
+    number = {s.name: i + 1 for i, s in enumerate(steps)}
+    stage = lambda s: f"stage {number[s.name]}/{len(steps)} {s.name}"  # noqa: E731
+    t_start = t_said = time.time()
     while pending or running:
         ready = [s for s in pending if all(a in finished for a in s.after)]
         while ready and len(running) < jobs and not failed:
             s = ready.pop(0)
             pending.remove(s)
-            log(f"[{time.strftime('%H:%M:%S')}] start {s.name}: {' '.join(s.cmd)}")
+            log(f"[{time.strftime('%H:%M:%S')}] start {stage(s)}: {' '.join(s.cmd)}")
             with open(logs / f"{s.name}.log", "a") as fh:
                 running[s.name] = (subprocess.Popen(s.cmd, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT), time.time(), s)
         if not running:
@@ -66,6 +83,10 @@ def run_steps(steps: list[Step], logs: Path, jobs: int = 1, log=print) -> dict[s
                 break
             continue
         time.sleep(0.5)
+        if time.time() - t_said >= progress_every:
+            t_said = time.time()
+            for name, (proc, t0, s) in running.items():
+                log(f"[{time.strftime('%H:%M:%S')}] {stage(s)}: {t_said - t0:.0f} s (total {t_said - t_start:.0f} s) | {_last_progress(logs / f'{name}.log')}")
         for name, (proc, t0, s) in list(running.items()):
             if proc.poll() is None:
                 continue
@@ -77,7 +98,7 @@ def run_steps(steps: list[Step], logs: Path, jobs: int = 1, log=print) -> dict[s
             finished.add(name)
             wall[name] = round(time.time() - t0, 1)
             write_json(wall_file, wall)
-            log(f"[{time.strftime('%H:%M:%S')}] done {name} in {wall[name]:.0f} s")
+            log(f"[{time.strftime('%H:%M:%S')}] done {stage(s)} in {wall[name]:.0f} s (total {time.time() - t_start:.0f} s)")
     if failed:
         tail = (logs / f"{failed[0]}.log").read_text()[-4000:]
         sys.stderr.write(tail)
@@ -119,8 +140,9 @@ def ensemble_scores(recipe_path: str, stores: list[Path]) -> dict:
 
 
 def row_values(r: dict) -> dict[str, float]:
-    """One run's eval results as table columns (percent): per QA set F1, EM, HasAns F1, NoAns accuracy;
-    per classification set accuracy; then the macro average."""
+    """One run's eval results as table columns (percent): per QA set F1, EM, HasAns F1, NoAns accuracy
+    (the predictions as written) and, for SQuAD 2.0, the best F1 of its best non-null spans over the
+    na-prob threshold; per classification set accuracy; then the macro average."""
     cols = {}
     for name, v in r.items():
         if not isinstance(v, dict):
@@ -128,6 +150,8 @@ def row_values(r: dict) -> dict[str, float]:
         if "f1" in v:
             cols |= {f"{name} F1": v["f1"], f"{name} EM": v["exact"], f"{name} HasAns F1": v.get("HasAns_f1", 0.0),
                      f"{name} NoAns acc": v.get("NoAns_exact", 0.0)}
+            if "span_best_f1" in v:  # best non-null spans at the best na-prob threshold (SQuAD 2.0's best_f1)
+                cols[f"{name} best F1"] = v["span_best_f1"]
         else:
             cols[f"{name} acc"] = 100 * v["accuracy"]
     cols["macro"] = 100 * r["macro"]

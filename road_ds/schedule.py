@@ -23,7 +23,10 @@ def _name_key(name: str) -> int:
 
 
 class TaskSchedule:
-    """Which dataset each micro-batch of each optimizer step draws from."""
+    """Which dataset each micro-batch of each optimizer step draws from.
+
+    `sizes` are what the policies weigh: examples, not feature rows, so a QA set's long contexts
+    (several windows per question) do not raise its share of the updates."""
 
     def __init__(self, sizes: dict[str, int], policy: str = "proportional", temperature: float = 2.0, seed: int = 0):
         if not sizes:
@@ -112,12 +115,16 @@ class MTLSampler:
     """`passes` (dataset, rows) pairs per optimizer step for one rank: the schedule plus cursors."""
 
     def __init__(self, sizes: dict[str, int], micro_batch_size: int, passes: int, world: int, rank: int,
-                 policy: str = "proportional", temperature: float = 2.0, seed: int = 0):
+                 policy: str = "proportional", temperature: float = 2.0, seed: int = 0, task_sizes: dict[str, int] | None = None):
+        """`sizes`: rows per dataset (what the cursors walk); `task_sizes`: what the policy weighs
+        (examples per dataset; default `sizes`)."""
         if micro_batch_size <= 0 or passes <= 0:
             raise ValueError(f"micro_batch_size ({micro_batch_size}) and passes ({passes}) must be positive")
-        self.schedule = TaskSchedule(sizes, policy, temperature, seed)
+        if task_sizes is not None and set(task_sizes) != set(sizes):
+            raise ValueError(f"task_sizes name other datasets ({sorted(task_sizes)}) than sizes ({sorted(sizes)})")
+        self.schedule = TaskSchedule(task_sizes or sizes, policy, temperature, seed)
         self.micro_batch_size, self.passes, self.world, self.rank = micro_batch_size, passes, world, rank
-        self.cursors = {n: DatasetCursor(s, seed, n) for n, s in self.schedule.sizes.items()}
+        self.cursors = {n: DatasetCursor(int(sizes[n]), seed, n) for n in self.schedule.names}
         self.step = 0
 
     def peek(self, step: int) -> list[str]:

@@ -33,6 +33,7 @@ from road_ds.atomic import write_bytes, write_json, write_text
 from road_ds.errors import DataError
 from road_ds.recipe import Recipe, load_recipe
 
+COLLAPSED = 0.9  # mean [CLS] cosine within a batch above which a classification head is warned of a collapsed encoder
 VOLATILE = {"max_steps", "eval_every", "save_every", "log_every", "num_workers", "keep_checkpoints", "eval_batch_size"}
 
 
@@ -65,6 +66,19 @@ def _hidden_size(recipe: Recipe) -> int | None:
         return AutoConfig.from_pretrained(recipe.model.name_or_path).hidden_size
     except Exception:
         return None
+
+
+def link_tree(src: Path, dst: Path) -> None:
+    """`dst` as a copy of the folder `src` made of hard links, put in place whole (written aside, then renamed)."""
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        shutil.copytree(src, tmp, copy_function=os.link)
+    except OSError:  # a file system without hard links: a plain copy
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(src, tmp)
+    shutil.rmtree(dst, ignore_errors=True)
+    os.replace(tmp, dst)
 
 
 def _worker_init(_: int) -> None:
@@ -174,8 +188,9 @@ def compute_loss(recipe: Recipe, name: str, kind: str, out: dict, batch: dict, t
 def schedule_kwargs(recipe: Recipe, tables: dict, world: int, rank: int) -> dict:
     """The MTL sampler's arguments: which dataset and rows each micro-batch of each step takes."""
     T, mtl = recipe.train, recipe.mtl
-    return dict(sizes={n: len(ft) for n, ft in tables.items()}, micro_batch_size=T.micro_batch_size, passes=mtl.passes,
-                world=world, rank=rank, policy=mtl.policy, temperature=mtl.temperature, seed=T.seed)
+    return dict(sizes={n: len(ft) for n, ft in tables.items()}, task_sizes={n: len(ft.examples) for n, ft in tables.items()},
+                micro_batch_size=T.micro_batch_size, passes=mtl.passes, world=world, rank=rank, policy=mtl.policy,
+                temperature=mtl.temperature, seed=T.seed)
 
 
 def train_loader(recipe: Recipe, tables: dict, teachers: dict, sampler_kwargs: dict, state: dict | None, pad_id: int):
@@ -209,11 +224,22 @@ def engine_config(recipe: Recipe, path: str, world_size: int, cpu: bool) -> dict
     return ds_config
 
 
-def train_step(engine, it, recipe: Recipe, tables: dict, step: int, device, teacher_of=lambda item: item.get("teacher")) -> tuple[list, float]:
+def task_balance(recipe: Recipe, engine):
+    """The MTL task balance (`mtl.balance`) and the probe on the engine's shared encoder that feeds it."""
+    from road_ds.balance import EncoderProbe, TaskBalancer
+
+    return TaskBalancer(recipe.mtl.balance, recipe.mtl.balance_decay), EncoderProbe(engine.module.encoder)
+
+
+def train_step(engine, it, recipe: Recipe, tables: dict, step: int, device, teacher_of=lambda item: item.get("teacher"),
+               balancer=None, probe=None) -> tuple[list, float]:
     """One optimizer step: `mtl.passes` micro-batches from the loader, each forward, loss, backward
     (DeepSpeed steps at the last). Returns (dataset, loss, parts, rows) per micro-batch and the
     seconds spent waiting for the loader. `teacher_of` gives a micro-batch's teacher targets: the
-    ones the loader gathered from the stores (online-KD baselines pass their own)."""
+    ones the loader gathered from the stores (online-KD baselines pass their own). With a
+    `balancer` and the `probe` on the encoder, each loss is scaled by its task's balance weight
+    (and the dataset's static `loss_weight`) before backward; parts then carry the weight, the
+    unweighted loss's gradient norm on the encoder and the [CLS] cosine of the micro-batch."""
     micros, wait = [], 0.0
     for micro in range(recipe.mtl.passes):
         t0 = time.perf_counter()
@@ -224,11 +250,21 @@ def train_step(engine, it, recipe: Recipe, tables: dict, step: int, device, teac
         ft = tables[name]
         batch = item["batch"]
         inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+        if probe is not None:
+            probe.reset()
         outputs = engine(ft.spec.head_name, **inputs)
         loss, parts = compute_loss(recipe, name, ft.spec.task_type.kind, outputs, batch, teacher_of(item), step)
-        engine.backward(loss)
+        weight = (balancer.weight(name) if balancer is not None else 1.0) * ft.spec.loss_weight
+        engine.backward(loss * weight if weight != 1.0 else loss)
         engine.step()
-        micros.append((name, loss.item(), {k: float(v) for k, v in parts.items()}, len(batch["input_ids"])))
+        parts = {k: float(v) for k, v in parts.items()}
+        if probe is not None:
+            norm = probe.grad_norm()
+            if norm is not None and balancer is not None:
+                balancer.observe(name, norm, weight)
+            parts |= {"weight": weight, "enc_grad": norm / weight if norm is not None else float("nan"),
+                      "cls_cos": probe.cls_cos if probe.cls_cos is not None else float("nan")}
+        micros.append((name, loss.item(), parts, len(batch["input_ids"])))
     return micros, wait
 
 
@@ -298,6 +334,7 @@ def run(args) -> dict:
     groups = param_groups(model, T.lr, T.weight_decay, T.layer_lr_decay)
     scheduler = lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(T.warmup_steps, T.max_steps))  # noqa: E731
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=groups, config=ds_config, lr_scheduler=scheduler)
+    balancer, probe = task_balance(recipe, engine)
 
     # resume: the latest complete checkpoint of this output dir
     ckpt_dir = out / "checkpoints"
@@ -313,6 +350,7 @@ def run(args) -> dict:
             if client.get(key) != now and not args.force_resume:
                 raise DataError(ckpt_dir, f"the checkpoint was made with another {what}; use a new --output-dir, or --force-resume")
         state, step, best = client["sampler"], client["step"], client.get("best", -1.0)
+        balancer.load_state_dict(client.get("balance", {}))
         rng_file = ckpt_dir / f"step-{step:08d}" / f"rng-rank{rank:05d}.pt"
         rng = torch.load(rng_file, weights_only=False) if rng_file.exists() else None  # absent: another world size
         log(f"resumed from {path} at step {step}")
@@ -330,7 +368,9 @@ def run(args) -> dict:
     if state:
         position.load_state_dict(state)
     names = sorted(train_tables)
-    acc = torch.zeros(len(names), 4, dtype=torch.float64)  # loss, ce, kd, count per dataset since the last log
+    cols = ("loss", "ce", "kd", "weight", "enc_grad", "cls_cos")  # per dataset since the last log: sums and counts
+    acc, cnt = torch.zeros(len(names), len(cols), dtype=torch.float64), torch.zeros(len(names), len(cols), dtype=torch.float64)
+    warned: set[str] = set()
     t_log, samples, waited, stepped = time.time(), 0, 0.0, 0.0
     results = {}
 
@@ -353,13 +393,14 @@ def run(args) -> dict:
         buf = io.BytesIO()
         torch.save(rng, buf)
         write_bytes(ckpt_dir / tag / f"rng-rank{rank:05d}.pt", buf.getvalue())
-        client = {"step": step, "sampler": position.state_dict(), "recipe_sha": recipe_hash(recipe), "teachers": teacher_ids, "best": best}
+        client = {"step": step, "sampler": position.state_dict(), "recipe_sha": recipe_hash(recipe), "teachers": teacher_ids, "best": best,
+                  "balance": balancer.state_dict()}
         engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client)
         _set_rng_state(rng)  # saving may draw random numbers; go on exactly as a resumed run will
         dist.barrier()
         if rank == 0:
             tags = sorted(p for p in ckpt_dir.glob("step-*") if p.is_dir())
-            for old in tags[: -T.keep_checkpoints]:
+            for old in tags[: -max(1, T.keep_checkpoints)]:
                 shutil.rmtree(old, ignore_errors=True)
 
     def export(to: Path) -> None:
@@ -379,28 +420,36 @@ def run(args) -> dict:
     while step < T.max_steps:
         position.next_step()
         t_step = time.perf_counter()
-        micros, wait = train_step(engine, it, recipe, train_tables, step, device)
+        micros, wait = train_step(engine, it, recipe, train_tables, step, device, balancer=balancer, probe=probe)
         for name, loss, parts, rows in micros:
-            acc[names.index(name)] += torch.tensor([loss, parts["ce"], parts["kd"], 1.0], dtype=torch.float64)
+            v = torch.tensor([loss, *(parts.get(c, float("nan")) for c in cols[1:])], dtype=torch.float64)
+            ok = torch.isfinite(v)
+            acc[names.index(name)] += torch.where(ok, v, 0.0)
+            cnt[names.index(name)] += ok
             samples += rows * world
         waited += wait
         stepped += time.perf_counter() - t_step
         step += 1
         if step % T.log_every == 0 or step == T.max_steps:
-            tot = _all_reduce_sum(acc.clone())
+            tot, num = _all_reduce_sum(acc.clone()), _all_reduce_sum(cnt.clone())
             vals = {"lr": engine.get_lr()[0] if engine.get_lr() else 0.0}
-            n_all = tot[:, 3].sum().item()
-            vals["loss"] = tot[:, 0].sum().item() / max(1.0, n_all)
+            vals["loss"] = tot[:, 0].sum().item() / max(1.0, num[:, 0].sum().item())
             for j, n in enumerate(names):
-                if tot[j, 3] > 0:
-                    for k, col in (("loss", 0), ("ce", 1), ("kd", 2)):
-                        vals[f"{k}/{n}"] = tot[j, col].item() / tot[j, 3].item()
+                for c, k in enumerate(cols):
+                    if num[j, c] > 0:
+                        vals[f"{k}/{n}"] = tot[j, c].item() / num[j, c].item()
+                cos = vals.get(f"cls_cos/{n}")
+                if cos is not None and cos > COLLAPSED and n not in warned and train_tables[n].spec.task_type.kind == "classification":
+                    warned.add(n)
+                    log(f"warning: step {step}: the [CLS] states of {n}'s batches are nearly one vector (mean cosine {cos:.2f}); "
+                        "its head cannot tell inputs apart. Another task's gradient may own the encoder: see mtl.balance")
             dt = time.time() - t_log
             vals["samples_per_s"] = samples / max(dt, 1e-9)
             vals["data_wait_frac"] = waited / max(stepped, 1e-9)  # of the step time, spent waiting for the DataLoader
             logger.log(step, vals)
             logger.progress(T.log_every if step % T.log_every == 0 else step % T.log_every, loss=f"{vals['loss']:.4f}", sps=f"{vals['samples_per_s']:.1f}")
             acc.zero_()
+            cnt.zero_()
             t_log, samples, waited, stepped = time.time(), 0, 0.0, 0.0
         if T.eval_every and step % T.eval_every == 0 and step < T.max_steps:
             results = evaluate_all()
@@ -436,9 +485,13 @@ def run(args) -> dict:
         log(json.dumps(final))
     m = float(_all_reduce_sum(torch.tensor([final.get("macro", 0.0)], dtype=torch.float64)))
     export(out / "export")
-    if m > best:
-        best = m
-        export(out / "best")
+    if rank == 0:
+        if m > best:  # the final model is the best: `best/` is `export/` again, as hard links (no second copy on disk)
+            best = m
+            link_tree(out / "export", out / "best")
+        if T.keep_checkpoints == 0:  # finished and exported: nothing left to resume
+            shutil.rmtree(ckpt_dir, ignore_errors=True)
+    dist.barrier()
     logger.close()
     return {"stopped": False, "step": step, "eval": final}
 

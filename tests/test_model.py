@@ -318,3 +318,24 @@ def test_param_groups_no_layer_decay():
     groups = param_groups(model, 2e-5, 0.1, 1.0)
     assert {g["lr"] for g in groups} == {2e-5}
     assert sorted(g["weight_decay"] for g in groups) == [0.0, 0.1]
+
+
+def test_reinit_pooler_draws_only_the_pooler_afresh():
+    from transformers import BertConfig, BertModel
+
+    from road_ds.model import reinit_pooler
+
+    cfg = tiny_config("bert")
+    cfg.pop("model_type")
+    enc = build_encoder(spec(tiny_config("bert")), seed=0)
+    with torch.no_grad():
+        enc.pooler.dense.weight.mul_(0.01)  # a near-zero pooler, as in a mean-pooling sentence encoder
+    before = {k: v.clone() for k, v in enc.state_dict().items()}
+    torch.manual_seed(1)
+    reinit_pooler(enc)
+    after = enc.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if not k.startswith("pooler."))
+    assert abs(after["pooler.dense.weight"].std().item() - enc.config.initializer_range) < 0.005
+    assert torch.count_nonzero(after["pooler.dense.bias"]) == 0
+    with pytest.raises(DataError, match="no pooler"):
+        reinit_pooler(BertModel(BertConfig(**cfg), add_pooling_layer=False))

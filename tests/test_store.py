@@ -307,3 +307,14 @@ def test_two_deepspeed_ranks_equal_one_rank(setup):
         a = TeacherStore.open(one, [ft]).gather(ft.spec.name, "train", ids)
         b = TeacherStore.open(two, [ft]).gather(ft.spec.name, "train", ids)
         assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_precompute_set_makes_the_store_on_the_overridden_features(setup):
+    """`--set` as in training: a student that trains on a slice gets a store made on that slice."""
+    tmp, recipe, teacher = setup
+    assert precompute([str(recipe), "--set", "datasets.rt.limit={train: 5}", "--dataset", "rt", "--teacher", str(teacher), "--out", str(tmp / "s5")]) == 0
+    sliced = build_features(load_recipe(recipe, ["datasets.rt.limit={train: 5}"]), "rt", "train")
+    assert len(sliced) == 5
+    TeacherStore.open(tmp / "s5", [sliced])  # made on the sliced features ...
+    with pytest.raises(DataError, match="computed on features .* but training uses features"):
+        TeacherStore.open(tmp / "s5", [tables(recipe)[1]])  # ... and refused for the whole set

@@ -104,3 +104,12 @@ def test_the_tables_pair_runs_by_seed():
     assert "| l3-wkd | 3 | 60.0 ± 0.0 | 73.0 ± 3.0 | 66.5 ± 1.5 |" in text
     row = next(line for line in paired_table(plan, results).splitlines() if line.startswith("| l3-wkd − l3-nokd |"))
     assert row.startswith("| l3-wkd − l3-nokd | 3 | 0.0 ± 0.0 | 2.0 ± 2.0 | 1.0 ± 1.0 | 2/3 |")
+
+
+def test_a_running_step_reports_its_stage_and_last_log_line(tmp_path):
+    code = "import time; print('working 1/3', flush=True); time.sleep(1.5)"
+    said: list[str] = []
+    run_steps([touch_step("slow", tmp_path, [], code), touch_step("next", tmp_path, ["slow"])], tmp_path / "logs", log=said.append, progress_every=0.4)
+    progress = [m for m in said if "stage 1/2 slow:" in m and "| working 1/3" in m]
+    assert progress, said
+    assert any("done stage 2/2 next" in m for m in said)

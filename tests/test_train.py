@@ -130,6 +130,11 @@ def test_two_ranks_kd_loss_decreases_and_resume_after_sigkill_is_exact(world, st
     assert len(qa) >= 8 and sum(qa[-3:]) / 3 < 0.9 * sum(qa[:3]) / 3, qa
     metrics = [json.loads(x) for x in (ref / "metrics.jsonl").read_text().splitlines()]
     assert any(k.startswith("kd/") and v > 0 for m in metrics for k, v in m.items())  # the KD term is in the loss
+    # the task balance reads the encoder's gradients on both ZeRO stages: weights move off 1, apart per task
+    last = {k: v for m in metrics for k, v in m.items()}  # each dataset's last logged values
+    weights = {k: v for k, v in last.items() if k.startswith("weight/")}
+    assert len(weights) == 3 and len(set(weights.values())) == 3 and all(w > 0 and w != 1.0 for w in weights.values()), weights
+    assert all(0 < last[f"enc_grad/{n}"] and -1 <= last[f"cls_cos/{n}"] <= 1 for n in ("sq", "rt", "pairs")), last
     assert json.loads((ref / "eval_results.json").read_text())["macro"] >= 0
     assert (ref / "export" / "road_ds_export.json").exists()
 
