@@ -76,40 +76,22 @@ def _write_oracle(ft, out_dir) -> None:
     _log(f"oracle predictions: {stem}-predictions.json, {stem}-na_probs.json")
 
 
-def _squad_eval(args) -> int:
-    from road_ds import squad_eval
-
-    return squad_eval.main(args.rest)
-
-
-def _data(args) -> int:
-    from road_ds import data_kit
-
-    return data_kit.main(args.rest)
-
-
-def _precompute(args) -> int:
-    from road_ds import precompute
-
-    return precompute.main(args.rest)
+# Jobs with a parser of their own: `road-ds X ARGS...` hands ARGS to X's main untouched, so
+# `road-ds X --help` shows X's options and option-first lines (`road-ds train --recipe R`) parse.
+JOBS = {
+    "data": ("road_ds.data_kit", "the real data kit: `road-ds data fetch` downloads and prepares it"),
+    "precompute": ("road_ds.precompute", "offline teacher pass: top-k teacher logits into a teacher store"),
+    "train": ("road_ds.train", "train a multi-task student (or a teacher) on DeepSpeed: road-ds train --recipe R --output-dir D"),
+    "evaluate": ("road_ds.evaluate", "score an export or a run on a recipe's datasets; writes metrics and SQuAD-format predictions"),
+    "export": ("road_ds.export", "a run (or checkpoint) to plain Hugging Face model dirs, one per head"),
+    "squad-eval": ("road_ds.squad_eval", "official SQuAD 2.0 scoring: DATA.json PRED.json [--na-prob-file NA.json]"),
+}
 
 
-def _train(args) -> int:
-    from road_ds import train
+def _run_job(name: str, argv: list[str]) -> int:
+    import importlib
 
-    return train.main(args.rest)
-
-
-def _evaluate(args) -> int:
-    from road_ds import evaluate
-
-    return evaluate.main(args.rest)
-
-
-def _export(args) -> int:
-    from road_ds.export import main as export_main
-
-    return export_main(args.rest)
+    return importlib.import_module(JOBS[name][0]).main(argv)
 
 
 def _store_inspect(args) -> int:
@@ -138,10 +120,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="road-ds", description="ROaD training on DeepSpeed: data, features, teachers, students, metrics.")
     sub = p.add_subparsers(dest="command", required=True)
 
-    d = sub.add_parser("data", help="the real data kit: `road-ds data fetch` downloads and prepares it", add_help=False)
-    d.add_argument("rest", nargs=argparse.REMAINDER)
-    d.set_defaults(func=_data)
-
     f = sub.add_parser("features", help="build (or find in the cache) the feature tables of a recipe")
     f.add_argument("recipe")
     f.add_argument("--dataset", action="append", help="only this dataset (repeatable)")
@@ -154,16 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "predictions and na-probs to DIR (the ceiling that windows and tokenization leave)")
     f.set_defaults(func=_features)
 
-    pc = sub.add_parser("precompute", help="offline teacher pass: top-k teacher logits into a teacher store", add_help=False)
-    pc.add_argument("rest", nargs=argparse.REMAINDER)
-    pc.set_defaults(func=_precompute)
-
-    for name, func, text in (("train", _train, "train a multi-task student (or a teacher) on DeepSpeed: road-ds train --recipe R --output-dir D"),
-                             ("evaluate", _evaluate, "score an export or a run on a recipe's datasets; writes metrics and SQuAD-format predictions"),
-                             ("export", _export, "a run (or checkpoint) to plain Hugging Face model dirs, one per head")):
-        sp = sub.add_parser(name, help=text, add_help=False)
-        sp.add_argument("rest", nargs=argparse.REMAINDER)
-        sp.set_defaults(func=func)
+    for name, (_, text) in JOBS.items():  # listed in `road-ds --help`; main() hands their arguments over
+        sub.add_parser(name, help=text, add_help=False)
 
     st = sub.add_parser("store", help="teacher stores: `road-ds store inspect PATH`")
     st_sub = st.add_subparsers(dest="store_command", required=True)
@@ -172,9 +142,6 @@ def build_parser() -> argparse.ArgumentParser:
     si.add_argument("--json", action="store_true")
     si.set_defaults(func=_store_inspect)
 
-    s = sub.add_parser("squad-eval", help="official SQuAD 2.0 scoring: DATA.json PRED.json [--na-prob-file NA.json]", add_help=False)
-    s.add_argument("rest", nargs=argparse.REMAINDER)
-    s.set_defaults(func=_squad_eval)
     return p
 
 
@@ -182,11 +149,15 @@ def main(argv=None) -> int:
     import datasets
 
     datasets.disable_progress_bars()  # each job prints its own one-line summaries
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = argv[0] if argv else ""
     try:
+        if command in JOBS:
+            return _run_job(command, argv[1:])
+        args = build_parser().parse_args(argv)
         return args.func(args)
     except DataError as e:
-        print(f"road-ds {args.command}: error: {e}", file=sys.stderr)
+        print(f"road-ds {command}: error: {e}", file=sys.stderr)
         return 2
 
 

@@ -176,7 +176,7 @@ def _load_mapping(path, what: str) -> dict:
 
 def main(argv=None) -> int:
     """``squad-eval DATA.json PRED.json``: prints the same JSON as the official script."""
-    parser = argparse.ArgumentParser(prog="squad-eval",
+    parser = argparse.ArgumentParser(prog="road-ds squad-eval",
                                      description="SQuAD 2.0 evaluation (official metrics).")
     parser.add_argument("data_file", metavar="data.json", help="Input data JSON file.")
     parser.add_argument("pred_file", metavar="pred.json", help="Model predictions.")

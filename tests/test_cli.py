@@ -44,3 +44,19 @@ def test_bad_input_is_one_line_not_a_traceback(tmp_path, tiny_tokenizer_dir, cac
     assert main(["features", str(r)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "dev.json" in err and "qas[0]" in err and "answers[0].answer_start" in err
+
+
+def test_every_job_shows_its_own_help_and_takes_options_first(tmp_path, capsys):
+    import pytest
+
+    from road_ds.cli import JOBS
+
+    for job in JOBS:
+        with pytest.raises(SystemExit) as e:
+            main([job, "--help"])
+        assert e.value.code == 0, job
+        assert f"usage: road-ds {job} " in capsys.readouterr().out, job
+    # an option-first line reaches the job's own parser: the missing recipe is the error, by name
+    assert main(["train", "--recipe", str(tmp_path / "nope.yaml"), "--output-dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "nope.yaml" in err and "cannot read recipe" in err and "unrecognized arguments" not in err
