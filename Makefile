@@ -29,8 +29,10 @@ kit: venv
 demo: kit
 	$(PY) -m road_ds.demo --out $(DEMO_OUT)
 
-# Real-data tests need the kit: fetch it first, and make them fail (not skip) without it.
+# The linter first (pyproject.toml's [tool.ruff]); real-data tests need the kit: fetch it first, and make
+# them fail (not skip) without it.
 test: kit
+	$(VENV)/bin/ruff check .
 	ROAD_DS_REQUIRE_KIT=1 $(PY) -m pytest -q
 
 # Benchmarks (speed and size targets are checked here, never by timed tests); tables go to docs/.

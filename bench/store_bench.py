@@ -72,8 +72,11 @@ def _sync(device) -> None:
         torch.cuda.synchronize()
 
 
+CPU = torch.device("cpu")
+
+
 @torch.inference_mode()
-def bare_forward(model, ft, device=torch.device("cpu")) -> float:
+def bare_forward(model, ft, device=CPU) -> float:
     """The same length-sorted batches, collate + forward only (bf16 autocast on a GPU, as the
     precompute): the limit precompute is held to."""
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
@@ -90,7 +93,7 @@ def bare_forward(model, ft, device=torch.device("cpu")) -> float:
     return time.perf_counter() - t0
 
 
-def precompute_time(model, ft, out: Path, top_k: int, dtype: str, device=torch.device("cpu")) -> float:
+def precompute_time(model, ft, out: Path, top_k: int, dtype: str, device=CPU) -> float:
     """compute_shard + write_shard over the same rows: what the precompute job does per shard."""
     kind = ft.spec.task_type.kind
     width = 2 if kind == "classification" else (256 if top_k == 0 else top_k)

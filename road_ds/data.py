@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from road_ds.batching import collate
+from road_ds.errors import DataError
 from road_ds.schedule import MTLSampler
 from road_ds.store import OUTPUTS, TeacherSet, reconstruct
 
@@ -42,6 +43,12 @@ class TrainBatches(IterableDataset):
         self.pad_id = pad_id
 
     def __iter__(self):
+        try:
+            yield from self._batches()
+        except DataError as e:  # handed over as an item: the trainer raises it as itself, one line, no worker traceback
+            yield {"error": e}
+
+    def _batches(self):
         info = get_worker_info()
         wid, nw = (info.id, info.num_workers) if info else (0, 1)
         sampler = MTLSampler(**self.sampler_kwargs)

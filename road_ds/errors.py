@@ -26,3 +26,6 @@ class DataError(ValueError):
         if detail:
             prefix = f"{prefix}: {', '.join(detail)}" if prefix else ", ".join(detail)
         super().__init__(f"{prefix}: {message}" if prefix else message)
+
+    def __reduce__(self):  # pickled whole (from a DataLoader worker to the training process), not as its text
+        return (DataError, (self.path, self.reason, self.row, self.field))

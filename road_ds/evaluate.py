@@ -118,8 +118,9 @@ def macro(results: dict[str, dict]) -> float:
 
 def load_for_eval(model_path: Path):
     """A RoadModel from an export dir, or from a run dir (its final export)."""
-    from road_ds.model import EXPORT_INDEX, HeadSpec, RoadModel, load_export_weights
     from transformers import AutoConfig, AutoModel
+
+    from road_ds.model import EXPORT_INDEX, HeadSpec, RoadModel, load_export_weights
 
     path = Path(model_path)
     if not (path / EXPORT_INDEX).exists() and (path / "export" / EXPORT_INDEX).exists():

@@ -13,7 +13,6 @@ products (0 * -inf is NaN), so neither the loss nor its gradient can become NaN 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 IGNORE = -100
 METHODS = ("mean", "wkd", "anneal")

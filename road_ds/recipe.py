@@ -50,7 +50,7 @@ class ModelSpec(_Strict):
 
 
 class KDSpec(_Strict):
-    """Distillation from precomputed teacher stores (DESIGN.md, "Knowledge distillation")."""
+    """Distillation from precomputed teacher stores (docs/design.md, "Knowledge distillation")."""
 
     teachers: list[str] = []  # teacher store dirs; empty = no KD
     combine: Literal["mean", "wkd", "anneal"] = "wkd"
@@ -278,7 +278,7 @@ def parse_recipe(raw: dict, path: str | Path = "<recipe>") -> Recipe:
             "eval_split": d.eval_split or next((s for s in ("dev", "validation") if s in d.files), None),
         })
     feats = recipe.features
-    for i, d in enumerate(datasets):
+    for d in datasets:
         p = d.feature_params(feats)
         if d.task_type.kind == "span" and p.doc_stride >= p.max_seq_length - p.max_query_length - 3:
             raise DataError(path, f"doc_stride {p.doc_stride} leaves no room for a new window with max_seq_length "

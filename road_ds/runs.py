@@ -85,7 +85,7 @@ def run_steps(steps: list[Step], logs: Path, jobs: int = 1, log=print, progress_
         time.sleep(0.5)
         if time.time() - t_said >= progress_every:
             t_said = time.time()
-            for name, (proc, t0, s) in running.items():
+            for name, (_, t0, s) in running.items():
                 log(f"[{time.strftime('%H:%M:%S')}] {stage(s)}: {t_said - t0:.0f} s (total {t_said - t_start:.0f} s) | {_last_progress(logs / f'{name}.log')}")
         for name, (proc, t0, s) in list(running.items()):
             if proc.poll() is None:

@@ -45,15 +45,35 @@ def recipe_hash(recipe: Recipe) -> str:
 
 
 class StopFlag:
-    """SIGTERM / SIGUSR1 (Slurm's warning before the end) ask for a checkpoint at the next step."""
+    """SIGTERM / SIGUSR1 (Slurm's warning before the end) / SIGINT ask for a checkpoint at the next
+    step; a second SIGTERM or SIGINT while that checkpoint is pending ends the run at once."""
 
     def __init__(self):
         self.raised = False
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
+        self.ends = 0  # SIGTERM/SIGINT seen (Slurm's SIGUSR1 warning, then its SIGTERM, is still one checkpoint)
+        for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
             signal.signal(sig, self._set)
 
     def _set(self, signum, frame):
         self.raised = True
+        if signum != signal.SIGUSR1:
+            self.ends += 1
+            if self.ends > 1:
+                raise SystemExit(128 + signum)
+
+
+_LOADERS: list = []  # the run's DataLoader iterators, shut down by main() however the run ends
+
+
+def end_workers() -> None:
+    """Shut down the DataLoader workers on every exit path. They ignore SIGTERM (the training process
+    handles it), so a run ended by an exception would otherwise wait forever at exit, joining a worker
+    blocked on its queue; the iterator's own shutdown tells them to stop and joins them."""
+    while _LOADERS:
+        it = _LOADERS.pop()
+        shutdown = getattr(it, "_shutdown_workers", None)  # multi-process iterators only
+        if shutdown is not None:
+            shutdown()
 
 
 def _hidden_size(recipe: Recipe) -> int | None:
@@ -82,9 +102,9 @@ def link_tree(src: Path, dst: Path) -> None:
 
 
 def _worker_init(_: int) -> None:
-    """DataLoader workers leave SIGTERM/SIGUSR1 to the training process, which checkpoints and then ends them."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    """DataLoader workers leave SIGTERM/SIGUSR1/SIGINT to the training process, which checkpoints and then ends them."""
+    for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def _lr_lambda(warmup: int, total: int):
@@ -129,7 +149,7 @@ class Logger:
     def truncate_after(self, step: int) -> None:
         """On resume, drop what the killed run logged past its last checkpoint."""
         if self.enabled and self.path.exists():
-            keep = [l for l in self.path.read_text().splitlines() if l.strip() and json.loads(l)["step"] <= step]
+            keep = [line for line in self.path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
             write_text(self.path, "".join(k + "\n" for k in keep))
 
     def log(self, step: int, values: dict) -> None:
@@ -245,6 +265,8 @@ def train_step(engine, it, recipe: Recipe, tables: dict, step: int, device, teac
         t0 = time.perf_counter()
         item = next(it)
         wait += time.perf_counter() - t0
+        if "error" in item:  # bad input met by a DataLoader worker (e.g. a damaged teacher shard)
+            raise item["error"]
         assert item["step"] == step and item["micro"] == micro, "the data order left the schedule"
         name = item["dataset"]
         ft = tables[name]
@@ -269,15 +291,14 @@ def train_step(engine, it, recipe: Recipe, tables: dict, step: int, device, teac
 
 
 def run(args) -> dict:
+    import datasets
     import deepspeed
+    from transformers.utils import logging as hf_logging
 
     from road_ds.evaluate import evaluate_split, macro
     from road_ds.features import build_features, load_tokenizer
     from road_ds.model import build_model, param_groups
     from road_ds.store import TeacherStore
-
-    import datasets
-    from transformers.utils import logging as hf_logging
 
     datasets.disable_progress_bars()
     hf_logging.disable_progress_bar()
@@ -359,6 +380,7 @@ def run(args) -> dict:
     if step:
         logger.truncate_after(step)
     it = iter(train_loader(recipe, train_tables, teachers, sampler_kwargs, state, tokenizer.pad_token_id or 0))
+    _LOADERS.append(it)
     if rng is not None:
         _set_rng_state(rng)  # after the loader drew its worker seeds, as the uninterrupted run had
 
@@ -524,6 +546,8 @@ def main(argv=None) -> int:
     except DataError as e:
         print(f"road-ds train: error: {e}", file=sys.stderr)
         return 2
+    finally:
+        end_workers()
     return 0
 
 

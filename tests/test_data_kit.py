@@ -165,7 +165,7 @@ def test_squad_split_by_article(kit):
     assert len(t_ids) + len(d_ids) == N_SQUAD_QUESTIONS
     assert not set(t_ids) & set(d_ids)
     # original SQuAD ids (24 hex digits) and answers with offsets
-    for qid, (_, context, qa) in list(t_ids.items())[:500]:
+    for qid, (_, _context, qa) in list(t_ids.items())[:500]:
         assert len(qid) == 24 and int(qid, 16) >= 0
         assert qa["answers"] and all(isinstance(a["answer_start"], int) for a in qa["answers"])
 

@@ -157,7 +157,7 @@ def test_gradient_step_through_qa_moves_the_encoder_seen_by_classification():
     model.eval()
 
     assert not torch.equal(word_emb, before_w)
-    seen = getattr(model.heads["nli2"].task, "bert").embeddings.word_embeddings.weight
+    seen = model.heads["nli2"].task.bert.embeddings.word_embeddings.weight
     assert seen is word_emb
     assert all(torch.equal(v, before_cls_head[k]) for k, v in cls_head.state_dict().items())
     assert not torch.allclose(road_logits(model, "nli2", b)[0], before_cls)
@@ -283,7 +283,7 @@ def test_param_groups_decay_and_layer_lr(model_type):
     groups = param_groups(model, lr, wd, 0.5)
 
     owner = {}
-    for gi, g in enumerate(groups):
+    for g in groups:
         for p in g["params"]:
             assert id(p) not in owner, "a parameter in two groups"
             owner[id(p)] = g

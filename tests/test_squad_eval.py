@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from road_ds.errors import DataError
-from road_ds.squad_eval import (compute_f1, evaluate, load_json, main, normalize_answer)
+from road_ds.squad_eval import compute_f1, evaluate, load_json, main, normalize_answer
 
 _spec = importlib.util.spec_from_file_location(
     "squad_v2_official", Path(__file__).parent / "reference" / "squad_v2_official.py")

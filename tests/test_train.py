@@ -154,7 +154,7 @@ def test_two_ranks_kd_loss_decreases_and_resume_after_sigkill_is_exact(world, st
     saved = int(latest.read_text().strip().split("-")[1])
     assert 8 <= saved < 16
     text = finish(launch(d, killed, stage, port + 2, *sets))
-    assert f"resumed from" in text and f"at step {saved}" in text
+    assert "resumed from" in text and f"at step {saved}" in text
     resumed = losses(killed)
     assert sorted(resumed) == list(range(1, 17))
     for s in range(1, saved + 2):  # up to the checkpoint, and the first step after the resume: exact
@@ -302,3 +302,53 @@ def test_a_dev_shm_too_full_for_the_ranks_is_refused_with_the_stale_segments(tmp
         dist._check_shm_room()
     monkeypatch.setattr(dist, "SHM_SEGMENT_BYTES", 1000)
     dist._check_shm_room()
+
+
+@pytest.mark.slow
+def test_a_damaged_shard_mid_run_ends_the_run_with_one_line_and_no_process_left(world, tmp_path):
+    """A DataLoader worker meets a damaged teacher shard: the run exits non-zero within seconds, the
+    error names the shard on one line (no worker traceback), and no worker is left waiting."""
+    import shutil
+
+    d, tok, stores = world
+    bad = tmp_path / "store0"
+    shutil.copytree(stores[0], bad)
+    shards = sorted(bad.rglob("*.arrow"))
+    victim = shards[len(shards) // 2]
+    victim.write_bytes(victim.read_bytes()[:-64] + b"\0" * 64)
+    r = yaml.safe_load((d / "kd.yaml").read_text())
+    r["kd"]["teachers"] = [str(bad), str(stores[1])]
+    r["train"]["num_workers"] = 2
+    (d / "damaged.yaml").write_text(yaml.safe_dump(r))
+    t0 = time.time()
+    p = launch(d, tmp_path / "run", 2, None, recipe="damaged.yaml", ranks=1)
+    text = output(p, 120)
+    assert p.returncode != 0 and time.time() - t0 < 90, text[-3000:]
+    lines = [line for line in text.splitlines() if "damaged teacher shard" in line]
+    assert lines and str(bad) in lines[0] and "error:" in lines[0], text[-3000:]
+    assert "Original Traceback" not in text and "Caught DataError" not in text
+    with pytest.raises(ProcessLookupError):  # the launcher, the rank and its workers are all gone
+        os.killpg(p.pid, 0)
+
+
+
+def test_a_second_sigterm_while_the_checkpoint_is_pending_ends_the_run_at_once():
+    from road_ds.train import StopFlag
+
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)}
+    try:
+        stop = StopFlag()
+        os.kill(os.getpid(), signal.SIGTERM)  # the first asks for a checkpoint at the next step
+        assert stop.raised
+        with pytest.raises(SystemExit) as e:  # the second, before that checkpoint, ends the run
+            os.kill(os.getpid(), signal.SIGINT)
+        assert e.value.code == 128 + signal.SIGINT
+        stop = StopFlag()
+        os.kill(os.getpid(), signal.SIGUSR1)  # Slurm's warning, then its SIGTERM: still the one checkpoint
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.raised
+        with pytest.raises(SystemExit):
+            os.kill(os.getpid(), signal.SIGTERM)
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
