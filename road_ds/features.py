@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 
+from road_ds.atomic import disk_full, file_hash, is_disk_full, publish_dir, temp_beside
 from road_ds.errors import DataError
 from road_ds.readers import read_split
 from road_ds.recipe import DatasetSpec, FeatureParams, Recipe, cache_root
@@ -82,20 +82,6 @@ def tokenizer_hash(tokenizer) -> str:
     h.update(json.dumps(state, sort_keys=True).encode())
     h.update(json.dumps({k: str(v) for k, v in sorted(tokenizer.special_tokens_map.items())}).encode())
     h.update(str(tokenizer.padding_side).encode())
-    return h.hexdigest()
-
-
-def file_hash(path: str | Path) -> str:
-    """sha256 of a file, or of every file under a folder (names and contents)."""
-    path = Path(path)
-    h = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for p in files:
-        if path.is_dir():
-            h.update(str(p.relative_to(path)).encode() + b"\x00")
-        with open(p, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
     return h.hexdigest()
 
 
@@ -345,34 +331,22 @@ def build_features(recipe: Recipe, name: str, split: str, tokenizer=None, force:
         stats = span_stats(table, examples.table)
         meta["span_roundtrip"] = {k: v for k, v in stats.items() if k != "misses"}
         meta["span_misses"] = stats["misses"]
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".{fp}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    table.save_to_disk(str(tmp / "features"))
-    examples.table.save_to_disk(str(tmp / "examples"))
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-    _publish(tmp, final, force)
+    # a folder that appears whole or not at all; builds sharing the cache (an array job's tasks, the
+    # ranks of a node) may race: the first to finish wins and the others drop their copy
+    tmp = temp_beside(final)
+    try:
+        table.save_to_disk(str(tmp / "features"))
+        examples.table.save_to_disk(str(tmp / "examples"))
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        publish_dir(tmp, final, replace=force, complete="meta.json")
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if is_disk_full(e):
+            raise disk_full(final, None, e) from None
+        raise
     if log:
         log(f"built {spec.name}/{split}: {meta['examples']} examples -> {meta['features']} features in {meta['seconds']} s")
     return _load(spec, split, fp, final, hit=False)
-
-
-def _publish(tmp: Path, final: Path, force: bool) -> None:
-    """Rename the finished folder into place: it appears whole or not at all. Processes that share a
-    cache (a precompute array job's tasks, the ranks of a node) may build the same features at once;
-    the first to finish wins and the others drop their copy (same fingerprint, same content), never
-    deleting a folder another process may be reading. A forced rebuild replaces the old folder, and
-    so does any build a folder without meta.json (not a cache entry: nobody reads it)."""
-    if final.exists() and (force or not (final / "meta.json").exists()):
-        old = final.parent / f".{final.name}.old-{os.getpid()}"
-        os.rename(final, old)
-        shutil.rmtree(old, ignore_errors=True)
-    try:
-        os.rename(tmp, final)
-    except OSError:
-        if not (final / "meta.json").exists():
-            raise
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _load(spec, split, fp, path: Path, hit: bool) -> FeatureTable:

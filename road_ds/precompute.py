@@ -25,11 +25,11 @@ import torch
 if __package__ in (None, ""):  # run as a script: `deepspeed road_ds/precompute.py ...`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from road_ds.atomic import write_json
+from road_ds.atomic import file_hash, write_json
 from road_ds.batching import collate, lengths
 from road_ds.dist import barrier, init_process_group, world_from_env
 from road_ds.errors import DataError
-from road_ds.features import build_features, file_hash, load_tokenizer, tokenizer_hash
+from road_ds.features import build_features, load_tokenizer, tokenizer_hash
 from road_ds.model import EXPORT_INDEX
 from road_ds.recipe import load_recipe
 from road_ds.store import COMPRESSIONS, DTYPES, MANIFEST, OUTPUTS, SCHEMA_VERSION, check_shard, encode_logits, ids_digest, shard_schema, write_ids, write_shard

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,9 +22,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from road_ds.atomic import write_json
+from road_ds.atomic import atomic_path, file_hash, write_json
 from road_ds.errors import DataError
-from road_ds.features import file_hash
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -78,12 +76,9 @@ def write_shard(path: Path, columns: dict, schema: pa.Schema, compression: str, 
         else:
             arrays.append(pa.array(np.asarray(v), type=field.type))
     batch = pa.record_batch(arrays, schema=schema)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     options = pa.ipc.IpcWriteOptions(compression=None if compression == "none" else compression)
-    with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema, options=options) as writer:
+    with atomic_path(path, batch.nbytes) as tmp, pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema, options=options) as writer:
         writer.write_batch(batch)
-    os.replace(tmp, path)
     info = {**meta, "file": path.name, "rows": batch.num_rows, "bytes": path.stat().st_size, "sha256": file_hash(path)}
     write_json(sidecar(path), info)
     return info

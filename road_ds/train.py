@@ -29,7 +29,7 @@ import torch
 if __package__ in (None, ""):  # run as a script: `deepspeed road_ds/train.py ...`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from road_ds.atomic import write_bytes, write_json, write_text
+from road_ds.atomic import disk_full, is_disk_full, publish_dir, temp_beside, write_bytes, write_json, write_text
 from road_ds.errors import DataError
 from road_ds.recipe import Recipe, load_recipe
 
@@ -90,15 +90,13 @@ def _hidden_size(recipe: Recipe) -> int | None:
 
 def link_tree(src: Path, dst: Path) -> None:
     """`dst` as a copy of the folder `src` made of hard links, put in place whole (written aside, then renamed)."""
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = temp_beside(dst)
     try:
         shutil.copytree(src, tmp, copy_function=os.link)
     except OSError:  # a file system without hard links: a plain copy
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(src, tmp)
-    shutil.rmtree(dst, ignore_errors=True)
-    os.replace(tmp, dst)
+    publish_dir(tmp, dst, replace=True)
 
 
 def _worker_init(_: int) -> None:
@@ -417,7 +415,13 @@ def run(args) -> dict:
         write_bytes(ckpt_dir / tag / f"rng-rank{rank:05d}.pt", buf.getvalue())
         client = {"step": step, "sampler": position.state_dict(), "recipe_sha": recipe_hash(recipe), "teachers": teacher_ids, "best": best,
                   "balance": balancer.state_dict()}
-        engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client)
+        try:
+            engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client)
+        except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
+            if is_disk_full(e):
+                shutil.rmtree(ckpt_dir / tag, ignore_errors=True)  # `latest` still names the last complete tag
+                raise disk_full(ckpt_dir / tag, None, e) from None
+            raise
         _set_rng_state(rng)  # saving may draw random numbers; go on exactly as a resumed run will
         dist.barrier()
         if rank == 0:
@@ -431,11 +435,15 @@ def run(args) -> dict:
 
         with GatheredParameters(list(engine.module.parameters()), modifier_rank=None, enabled=engine.zero_optimization_stage() == 3):
             if rank == 0:
-                tmp = to.with_name(f".{to.name}.tmp")
-                shutil.rmtree(tmp, ignore_errors=True)
-                engine.module.export(tmp, tokenizer)
-                shutil.rmtree(to, ignore_errors=True)
-                os.replace(tmp, to)
+                tmp = temp_beside(to)
+                try:
+                    engine.module.export(tmp, tokenizer)
+                except OSError as e:
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    if is_disk_full(e):
+                        raise disk_full(to, None, e) from None
+                    raise
+                publish_dir(tmp, to, replace=True)
         dist.barrier()
 
     engine.train()
