@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -136,3 +138,34 @@ def barrier() -> None:
 
     if dist.is_initialized():
         dist.barrier()
+
+
+@contextlib.contextmanager
+def main_process_first(is_main: bool):
+    """Rank 0 runs the body first (builds what a shared cache lacks), the others after it, reading
+    what it made. Rank 0 reaches the barrier even when its body fails, so no rank waits forever."""
+    if not is_main:
+        barrier()
+    try:
+        yield
+    finally:
+        if is_main:
+            barrier()
+
+
+def rank0_logger(is_main: bool):
+    """Progress lines to stderr from rank 0 only."""
+    if is_main:
+        return lambda m: print(m, file=sys.stderr, flush=True)
+    return lambda m: None
+
+
+def pick_device(local_rank: int = 0):
+    """This rank's device: its GPU where there is one, else the CPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+        return device
+    return torch.device("cpu")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 
 class DataError(ValueError):
     """Bad user input: a data file, a recipe or a store that cannot be used as given.
@@ -29,3 +31,13 @@ class DataError(ValueError):
 
     def __reduce__(self):  # pickled whole (from a DataLoader worker to the training process), not as its text
         return (DataError, (self.path, self.reason, self.row, self.field))
+
+
+def run_job(prog: str, body, *args, code: int = 2) -> int:
+    """A job's main(): run its body; bad input ends it as one line `PROG: error: ...` and exit `code`."""
+    try:
+        body(*args)
+    except DataError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return code
+    return 0

@@ -19,7 +19,8 @@ import torch
 
 from road_ds.atomic import write_json
 from road_ds.batching import collate
-from road_ds.errors import DataError
+from road_ds.dist import pick_device
+from road_ds.errors import DataError, run_job
 from road_ds.metrics import classification_metrics
 from road_ds.qa_decoding import postprocess_qa_predictions
 from road_ds.squad_eval import evaluate as squad_evaluate
@@ -157,10 +158,12 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True, help="metrics.json, and for QA predictions.json / na_probs.json, go here")
     p.add_argument("--batch-size", type=int, default=32)
     args = p.parse_args(argv)
-    try:
+
+    def body():
         recipe = load_recipe(args.recipe)
         tokenizer = load_tokenizer(recipe.model.tokenizer_path)
-        model = load_for_eval(Path(args.model))
+        device = pick_device()
+        model = load_for_eval(Path(args.model)).to(device)
         results = {}
         for d in recipe.datasets:
             if args.dataset and d.name not in args.dataset:
@@ -171,17 +174,15 @@ def main(argv=None) -> int:
             if d.head_name not in model.heads:
                 raise DataError(args.model, f"the model has no head '{d.head_name}' for dataset '{d.name}' (it has: {', '.join(model.heads)})")
             ft = build_features(recipe, d.name, split, tokenizer=tokenizer)
-            results[f"{d.name}/{split}"] = evaluate_split(model, ft, 0, 1, args.batch_size, tokenizer.pad_token_id or 0, torch.device("cpu"),
+            results[f"{d.name}/{split}"] = evaluate_split(model, ft, 0, 1, args.batch_size, tokenizer.pad_token_id or 0, device,
                                                           out_dir=Path(args.out), n_best_size=recipe.train.n_best_size,
                                                           max_answer_length=recipe.train.max_answer_length)
         results["macro"] = macro(results)
         write_json(Path(args.out) / "metrics.json", results)
         for k, v in results.items():
             print(f"{k}: {v if k == 'macro' else {m: round(x, 4) for m, x in v.items() if isinstance(x, float)}}")
-    except DataError as e:
-        print(f"road-ds evaluate: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_job("road-ds evaluate", body)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from road_ds.errors import DataError
+from road_ds.errors import DataError, run_job
 
 
 def _checkpoint(path: Path) -> tuple[Path, Path, str]:
@@ -56,14 +56,13 @@ def main(argv=None) -> int:
     p.add_argument("out", help="the export dir: one HF model dir per head and road_ds_export.json")
     p.add_argument("--head", action="append", help="only this head (repeatable)")
     args = p.parse_args(argv)
-    try:
+
+    def body():
         model, recipe, tag = load_checkpoint_model(args.ckpt)
         out = model.export(args.out, load_tokenizer(recipe.model.tokenizer_path), heads=args.head)
-    except DataError as e:
-        print(f"road-ds export: error: {e}", file=sys.stderr)
-        return 2
-    print(f"exported checkpoint {tag}: {', '.join(sorted(p.name for p in Path(out).iterdir() if p.is_dir()))} -> {out}")
-    return 0
+        print(f"exported checkpoint {tag}: {', '.join(sorted(p.name for p in Path(out).iterdir() if p.is_dir()))} -> {out}")
+
+    return run_job("road-ds export", body)
 
 
 if __name__ == "__main__":

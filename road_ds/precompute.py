@@ -27,8 +27,8 @@ if __package__ in (None, ""):  # run as a script: `deepspeed road_ds/precompute.
 
 from road_ds.atomic import file_hash, write_json
 from road_ds.batching import collate, lengths
-from road_ds.dist import barrier, init_process_group, world_from_env
-from road_ds.errors import DataError
+from road_ds.dist import barrier, init_process_group, main_process_first, pick_device, rank0_logger, world_from_env
+from road_ds.errors import DataError, run_job
 from road_ds.features import build_features, load_tokenizer, tokenizer_hash
 from road_ds.model import EXPORT_INDEX
 from road_ds.recipe import load_recipe
@@ -189,10 +189,10 @@ def run(args) -> Path:
     hf_logging.disable_progress_bar()  # one line per shard batch of ranks is enough
     world = world_from_env()
     init_process_group(world)
-    device = torch.device(f"cuda:{world.local_rank}" if torch.cuda.is_available() else "cpu")
+    device = pick_device(world.local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    log = (lambda m: print(m, file=sys.stderr, flush=True)) if world.is_main else (lambda m: None)
+    log = rank0_logger(world.is_main)
     recipe = load_recipe(args.recipe, args.set or [])
     names = args.dataset or [d.name for d in recipe.datasets]
     splits = args.split or ["train"]
@@ -203,16 +203,14 @@ def run(args) -> Path:
         raise DataError(teacher_path, "teacher directory not found")
 
     tables = []
-    for stage in ("main", "others"):  # rank 0 builds missing features, then the others read the cache
-        if (stage == "main") == world.is_main:
-            for name in names:
-                try:
-                    recipe.dataset(name)
-                except KeyError:
-                    raise DataError(args.recipe, f"no dataset '{name}' in the recipe", field="datasets") from None
-                for split in splits:
-                    tables.append(build_features(recipe, name, split, tokenizer=tokenizer, log=log))
-        barrier()
+    with main_process_first(world.is_main):  # rank 0 builds missing features, then the others read the cache
+        for name in names:
+            try:
+                recipe.dataset(name)
+            except KeyError:
+                raise DataError(args.recipe, f"no dataset '{name}' in the recipe", field="datasets") from None
+            for split in splits:
+                tables.append(build_features(recipe, name, split, tokenizer=tokenizer, log=log))
 
     teachers, identity = {}, {}
     for ft in tables:
@@ -308,12 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        run(args)
-    except DataError as e:
-        print(f"road-ds precompute: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_job("road-ds precompute", run, args)
 
 
 if __name__ == "__main__":

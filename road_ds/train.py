@@ -30,7 +30,7 @@ if __package__ in (None, ""):  # run as a script: `deepspeed road_ds/train.py ..
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from road_ds.atomic import disk_full, is_disk_full, publish_dir, temp_beside, write_bytes, write_json, write_text
-from road_ds.errors import DataError
+from road_ds.errors import DataError, run_job
 from road_ds.recipe import Recipe, load_recipe
 
 COLLAPSED = 0.9  # mean [CLS] cosine within a batch above which a classification head is warned of a collapsed encoder
@@ -306,7 +306,7 @@ def run(args) -> dict:
     T = recipe.train
 
     # the DeepSpeed config first: a contradiction with the recipe stops us before any work
-    from road_ds.dist import export_env, init_deepspeed
+    from road_ds.dist import export_env, init_deepspeed, main_process_first, pick_device, rank0_logger
 
     ds_config = engine_config(recipe, args.deepspeed_config, export_env().size, cpu)
     init_deepspeed(cpu)
@@ -314,11 +314,9 @@ def run(args) -> dict:
 
     rank, world = dist.get_rank(), dist.get_world_size()
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    device = torch.device("cpu") if cpu else torch.device("cuda", local_rank)
-    if not cpu:
-        torch.cuda.set_device(device)
+    device = pick_device(local_rank)
     stop = StopFlag()
-    log = (lambda m: print(m, file=sys.stderr, flush=True)) if rank == 0 else (lambda m: None)
+    log = rank0_logger(rank == 0)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "recipe.resolved.json", recipe.model_dump(mode="json"))
@@ -327,14 +325,12 @@ def run(args) -> dict:
     # features: rank 0 builds what the cache lacks, then everyone reads it
     tokenizer = load_tokenizer(recipe.model.tokenizer_path)
     train_tables, eval_tables = {}, {}
-    for turn in (0, 1):
-        if (turn == 0) == (rank == 0):
-            for d in recipe.datasets:
-                if d.train_split:
-                    train_tables[d.name] = build_features(recipe, d.name, d.train_split, tokenizer=tokenizer, log=log)
-                if d.eval_split:
-                    eval_tables[d.name] = build_features(recipe, d.name, d.eval_split, tokenizer=tokenizer, log=log)
-        dist.barrier()
+    with main_process_first(rank == 0):
+        for d in recipe.datasets:
+            if d.train_split:
+                train_tables[d.name] = build_features(recipe, d.name, d.train_split, tokenizer=tokenizer, log=log)
+            if d.eval_split:
+                eval_tables[d.name] = build_features(recipe, d.name, d.eval_split, tokenizer=tokenizer, log=log)
     if not train_tables:
         raise DataError(args.recipe, "no dataset has a train split", field="datasets")
 
@@ -550,13 +546,9 @@ def main(argv=None) -> int:
     if not args.deepspeed_config:
         args.deepspeed_config = str(Path(__file__).resolve().parent.parent / "ds_configs" / "zero2.json")
     try:
-        run(args)
-    except DataError as e:
-        print(f"road-ds train: error: {e}", file=sys.stderr)
-        return 2
+        return run_job("road-ds train", run, args)
     finally:
         end_workers()
-    return 0
 
 
 if __name__ == "__main__":
