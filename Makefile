@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e '.[kit,test]'
+	$(PY) -m pip install -q -e '.[kit,test,study]'
 	touch $@
 
 venv: $(VENV)/.installed

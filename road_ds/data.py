@@ -8,6 +8,7 @@ log-probabilities over each feature's support; the training process never opens 
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
@@ -31,6 +32,27 @@ def teacher_targets(teachers: TeacherSet, dataset: str, split: str, kind: str, b
     return out
 
 
+GOLD = ("label", "start_positions", "end_positions")
+
+
+def transfer_rows(ft) -> np.ndarray | None:
+    """Which feature rows belong to the transfer set (examples past the dataset's `labeled`), or None."""
+    n = ft.spec.labeled
+    if n is None:
+        return None
+    kept = set(ft.examples["id"][:n])
+    return np.array([e not in kept for e in ft.table["example_id"]], dtype=bool)
+
+
+def drop_gold(batch: dict, unlabeled: np.ndarray) -> dict:
+    """Gold -100 on the rows without labels: cross-entropy skips them, KD still distils them."""
+    mask = torch.from_numpy(unlabeled)
+    for k in GOLD:
+        if k in batch:
+            batch[k] = batch[k].masked_fill(mask, -100)
+    return batch
+
+
 class TrainBatches(IterableDataset):
     """Every micro-batch from the sampler's saved position to `max_steps`, in schedule order."""
 
@@ -41,6 +63,7 @@ class TrainBatches(IterableDataset):
         self.sampler_state = sampler_state
         self.max_steps = max_steps
         self.pad_id = pad_id
+        self.transfer = {name: m for name, ft in tables.items() if (m := transfer_rows(ft)) is not None}
 
     def __iter__(self):
         try:
@@ -63,6 +86,8 @@ class TrainBatches(IterableDataset):
                 if m % nw == wid:
                     ft = self.tables[name]
                     batch = collate(arrow[name], rows, pad_id=self.pad_id)
+                    if name in self.transfer:
+                        batch = drop_gold(batch, self.transfer[name][rows])
                     item = {"step": step, "micro": micro, "dataset": name, "batch": batch}
                     if name in stores:
                         item["teacher"] = teacher_targets(stores[name], name, ft.split, ft.spec.task_type.kind, batch)

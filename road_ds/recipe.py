@@ -120,6 +120,9 @@ class DatasetSpec(_Strict):
     max_seq_length: int | None = Field(None, ge=16)  # this dataset's own length; default features.max_seq_length
     limit: dict[str, int] = {}  # split -> use only the first N examples (quick runs on a slice)
     loss_weight: float = Field(1.0, gt=0.0)  # a static factor on this dataset's loss, on top of mtl.balance
+    # train split: only the first N examples keep their gold labels; the rest are a transfer set,
+    # learnt from the teachers' targets alone (gold -100), so it needs KD
+    labeled: int | None = Field(None, ge=0)
     train_split: str | None = None  # default: "train" when the files have it (else evaluation only)
     eval_split: str | None = None  # default: "dev" or "validation" when the files have it
     kd: KDSpec | None = None  # default: the recipe's top-level kd
@@ -255,6 +258,9 @@ def parse_recipe(raw: dict, path: str | Path = "<recipe>") -> Recipe:
                     field=f"{where}.head",
                 )
         heads.setdefault(d.head_name, d)
+        kd = d.kd if d.kd is not None else recipe.kd
+        if d.labeled is not None and (kd is None or not kd.teachers):
+            raise DataError(path, "a transfer set (examples past `labeled` have no gold) needs teachers: set kd.teachers", field=f"{where}.labeled")
         if d.format != "hub":
             files = {s: ([_expand(f, base) for f in v] if isinstance(v, list) else _expand(v, base)) for s, v in d.files.items()}
             d = d.model_copy(update={"files": files})

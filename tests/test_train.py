@@ -352,3 +352,39 @@ def test_a_second_sigterm_while_the_checkpoint_is_pending_ends_the_run_at_once()
     finally:
         for sig, handler in before.items():
             signal.signal(sig, handler)
+def test_a_transfer_set_keeps_gold_only_on_its_labeled_examples(world):
+    """Examples past `labeled` reach the loss with gold -100 (KD only); the others keep theirs."""
+    import numpy as np
+
+    from road_ds.data import TrainBatches
+    from road_ds.features import build_features, load_tokenizer
+    from road_ds.recipe import load_recipe
+    from road_ds.train import schedule_kwargs
+
+    d, tok, _ = world
+    recipe = load_recipe(d / "kd.yaml", ["datasets.sq.labeled=5", "datasets.rt.labeled=10"])
+    tokenizer = load_tokenizer(str(tok))
+    tables = {n: build_features(recipe, n, "train", tokenizer=tokenizer) for n in ("sq", "rt", "pairs")}
+    index = {n: {e: i for i, e in enumerate(ft.examples["id"])} for n, ft in tables.items()}
+    gold = {"sq": "start_positions", "rt": "label", "pairs": "label"}
+    seen = {n: [0, 0] for n in tables}  # rows with gold, rows without
+    for item in TrainBatches(tables, {}, schedule_kwargs(recipe, tables, 1, 0), None, 12, 0):
+        n, batch = item["dataset"], item["batch"]
+        table = tables[n].table
+        row_of = {f: r for r, f in enumerate(table["feature_id"])}
+        for fid, g in zip(batch["feature_id"].tolist(), batch[gold[n]].tolist()):
+            r = row_of[fid]
+            past = index[n][table[r]["example_id"]] >= {"sq": 5, "rt": 10}.get(n, np.inf)
+            assert (g == -100) == past, (n, r, g)
+            assert past or g == table[r][gold[n]]
+            seen[n][past] += 1
+    assert all(a > 0 and b > 0 for a, b in (seen["sq"], seen["rt"])) and seen["pairs"][1] == 0, seen
+
+
+def test_a_transfer_set_without_teachers_is_refused(world):
+    from road_ds.errors import DataError
+    from road_ds.recipe import load_recipe
+
+    d, _, _ = world
+    with pytest.raises(DataError, match=r"datasets\.1\.labeled.*needs teachers|needs teachers.*datasets\.1\.labeled"):
+        load_recipe(d / "teacher_recipe.yaml", ["datasets.rt.labeled=10"])
