@@ -46,20 +46,27 @@ def recipe_hash(recipe: Recipe) -> str:
 
 class StopFlag:
     """SIGTERM / SIGUSR1 (Slurm's warning before the end) / SIGINT ask for a checkpoint at the next
-    step; a second SIGTERM or SIGINT while that checkpoint is pending ends the run at once."""
+    step; a second SIGTERM or SIGINT while that checkpoint is pending ends the run at once. Slurm's
+    SIGUSR1 then SIGTERM is still one checkpoint, and so is one SIGTERM delivered twice within a
+    second (by slurmstepd and by srun forwarding it)."""
+
+    AGAIN_AFTER_S = 1.0
 
     def __init__(self):
         self.raised = False
-        self.ends = 0  # SIGTERM/SIGINT seen (Slurm's SIGUSR1 warning, then its SIGTERM, is still one checkpoint)
+        self.first_end: float | None = None  # when the first SIGTERM/SIGINT came
         for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
             signal.signal(sig, self._set)
 
     def _set(self, signum, frame):
         self.raised = True
-        if signum != signal.SIGUSR1:
-            self.ends += 1
-            if self.ends > 1:
-                raise SystemExit(128 + signum)
+        if signum == signal.SIGUSR1:
+            return
+        now = time.monotonic()
+        if self.first_end is None:
+            self.first_end = now
+        elif now - self.first_end >= self.AGAIN_AFTER_S:
+            raise SystemExit(128 + signum)
 
 
 _LOADERS: list = []  # the run's DataLoader iterators, shut down by main() however the run ends

@@ -338,15 +338,21 @@ def test_a_second_sigterm_while_the_checkpoint_is_pending_ends_the_run_at_once()
     before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)}
     try:
         stop = StopFlag()
+        stop.AGAIN_AFTER_S = 0.2
         os.kill(os.getpid(), signal.SIGTERM)  # the first asks for a checkpoint at the next step
+        os.kill(os.getpid(), signal.SIGTERM)  # the same one delivered twice at once (slurmstepd, and srun forwarding it)
         assert stop.raised
-        with pytest.raises(SystemExit) as e:  # the second, before that checkpoint, ends the run
+        time.sleep(0.3)
+        with pytest.raises(SystemExit) as e:  # a second, later, before that checkpoint: ends the run
             os.kill(os.getpid(), signal.SIGINT)
         assert e.value.code == 128 + signal.SIGINT
         stop = StopFlag()
+        stop.AGAIN_AFTER_S = 0.2
         os.kill(os.getpid(), signal.SIGUSR1)  # Slurm's warning, then its SIGTERM: still the one checkpoint
+        time.sleep(0.3)
         os.kill(os.getpid(), signal.SIGTERM)
         assert stop.raised
+        time.sleep(0.3)
         with pytest.raises(SystemExit):
             os.kill(os.getpid(), signal.SIGTERM)
     finally:
