@@ -58,7 +58,7 @@ class RunPlan(_Strict):
     teachers: list[int] = []  # teacher seeds whose stores feed KD; empty = no KD
     store: str | None = "main"  # the slice (and stores) it trains on; None = its recipe as written
     recipe: str | None = None  # another recipe (relative to the plan); default the plan's
-    init_from: str | None = None  # a run whose export (same seed) this one starts from
+    init_from: str | None = None  # a run whose export (same seed) this one starts from, or `mtl` (the pretrain step)
     set: dict[str, object] = {}
 
 
@@ -103,10 +103,10 @@ def load_plan(path: Path) -> StudyPlan:
             raise DataError(path, f"unknown store '{r.store}' (the plan has {', '.join(plan.stores)})", field=f"runs.{i}.store")
         if r.teachers and r.store is None:
             raise DataError(path, "a run with teachers reads their stores: name one", field=f"runs.{i}.store")
-        if r.init_from is not None:
+        if r.init_from is not None and not (r.init_from == "mtl" and plan.pretrain is not None):
             src = next((o for o in plan.runs if o.name == r.init_from), None)
             if src is None or src is r or not set(r.seeds) <= set(src.seeds):
-                raise DataError(path, f"init_from must name another run with seeds {r.seeds}", field=f"runs.{i}.init_from")
+                raise DataError(path, f"init_from must name the pretrain step (mtl) or another run with seeds {r.seeds}", field=f"runs.{i}.init_from")
     for i, pair in enumerate(plan.comparisons):
         for name in pair:
             if name not in names:
@@ -166,8 +166,9 @@ def plan_steps(plan: StudyPlan, recipe: str, out: Path, plan_dir: Path | None = 
         data = plan.stores[r.store].set if r.store is not None else {}
         kd = {**plan.kd, "kd.teachers": [str(store_dir(out, r.store, t)) for t in r.teachers]} if r.teachers else {}
         for seed in r.seeds:
-            init = {"model.init_from": str(out / f"{r.init_from}-s{seed}" / "export")} if r.init_from else {}
-            after = [store_step(r.store, t) for t in r.teachers] + ([f"{r.init_from}-s{seed}"] if r.init_from else [])
+            src = None if r.init_from is None else "mtl" if r.init_from == "mtl" else f"{r.init_from}-s{seed}"
+            init = {"model.init_from": str(out / src / "export")} if src else {}
+            after = [store_step(r.store, t) for t in r.teachers] + ([src] if src else [])
             train(f"{r.name}-s{seed}", rec, sets(plan.students, data, kd, init, r.set, {"train.seed": seed}), after)
     return steps, overrides, recipes
 
@@ -330,7 +331,7 @@ def figure(path: Path, plan: StudyPlan, summary: dict, teachers: dict[str, dict]
 
 def wall_table(steps: list[Step], wall: dict[str, float]) -> str:
     lines = ["| step | wall-clock s |", "|---|---|"]
-    lines += [f"| {s.name} | {wall[s.name]:.0f} |" if s.name in wall else f"| {s.name} | (not timed: finished by an earlier version) |" for s in steps]
+    lines += [f"| {s.name} | {wall[s.name]:.0f} |" if s.name in wall else f"| {s.name} | (not timed by the runner) |" for s in steps]
     return "\n".join(lines)
 
 
