@@ -140,27 +140,17 @@ def student(work: Path, teachers: int, max_steps: int):
 
 
 def setup(args):
-    """The student's DeepSpeed engine over the bench's train features; KD from `args.teachers` stores."""
-    import deepspeed
-    import torch.distributed as dist
+    """The trainer's own `setup` (road_ds.train.setup: features, stores checked, engine with the recipe's
+    param groups and LR schedule, task balance, loader) on the bench's student; KD from `args.teachers` stores."""
+    from road_ds.train import parse_args
+    from road_ds.train import setup as trainer_setup
 
-    from road_ds.dist import export_env, init_deepspeed
-    from road_ds.model import build_model, param_groups
-    from road_ds.train import engine_config, task_balance
-
-    recipe, tok, tables = student(Path(args.work), args.teachers, args.warmup + args.steps)
-    cpu = not torch.cuda.is_available()
-    ds_config = engine_config(recipe, args.ds_config, export_env().size, cpu)
-    init_deepspeed(cpu)
-    device = torch.device("cpu") if cpu else torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    if not cpu:
-        torch.cuda.set_device(device)
-    torch.manual_seed(0)
-    model = build_model(recipe)
-    engine, *_ = deepspeed.initialize(model=model, model_parameters=param_groups(model, recipe.train.lr, 0.01, 1.0), config=ds_config)
-    engine.train()
-    balance = task_balance(recipe, engine)  # the trainer's task balance and encoder probe, as in training
-    return recipe, engine, balance, tables, tok.pad_token_id or 0, device, dist.get_rank(), dist.get_world_size()
+    work = Path(args.work)
+    sets = ["kd.teachers=" + json.dumps([str(work / f"store{i}") for i in range(args.teachers)]), "kd.combine=wkd"] if args.teachers else []
+    sets.append(f"train.max_steps={args.warmup + args.steps}")
+    out = work / "runs" / Path(args.result).stem  # the same on every rank of a launch, new for each launch
+    return trainer_setup(parse_args(["--recipe", str(work / "student.yaml"), "--output-dir", str(out), "--deepspeed", args.ds_config,
+                                     *(x for s in sets for x in ("--set", s))]))
 
 
 def timed_step(engine, balance, it, recipe, tables, step: int, device, teacher_of=lambda item: item.get("teacher")) -> tuple[float, float, int]:
@@ -180,11 +170,9 @@ def run_variant(args) -> None:
     """(a), (b) or (c) alone in this process: step time, data wait, peak memory."""
     import torch.distributed as dist
 
-    from road_ds.train import schedule_kwargs, train_loader
-
-    recipe, engine, balance, tables, pad, device, rank, world = setup(args)
-    offline = {n: recipe.kd_for(n).teachers for n in tables} if args.variant == "offline" else {}
-    it = iter(train_loader(recipe, tables, offline, schedule_kwargs(recipe, tables, world, rank), None, pad))
+    run = setup(args)  # (b): its loader gathers the stores' targets; (a), (c): its recipe has no stores
+    engine, recipe, tables, device = run.engine, run.recipe, run.tables, run.device
+    balance = (run.balancer, run.probe)
     teacher_of = lambda item: item.get("teacher")  # noqa: E731
     if args.variant == "online":
         dtype = torch.bfloat16 if engine.bfloat16_enabled() else torch.float32
@@ -195,18 +183,19 @@ def run_variant(args) -> None:
     for step in range(recipe.train.max_steps):
         if step == args.warmup:  # the first steps pay for allocation, the loader's start and caches
             workers0 = workers_cpu_s()
-        seconds, wait, n = timed_step(engine, balance, it, recipe, tables, step, device, teacher_of)
+        seconds, wait, n = timed_step(engine, balance, run.loader, recipe, tables, step, device, teacher_of)
         if step >= args.warmup:
             times.append(seconds)
             waits.append(wait)
-            rows += n * world
-    if rank == 0:
+            rows += n * run.world
+    if run.rank == 0:
         result = {"step_s": statistics.median(times), "wait_frac": sum(waits) / sum(times), "samples_per_s": rows / sum(times),
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                   "worker_cpu_s": (workers_cpu_s() - workers0) / len(times), "worker_uss_mb": worker_uss_mb(),
                   "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None}
         Path(args.result).write_text(json.dumps(result))
     dist.barrier()
+    run.close()
 
 
 def run_paired(args) -> None:
@@ -214,22 +203,25 @@ def run_paired(args) -> None:
     same schedule, each step taken once by every variant, in an order that rotates. Adjacent steps
     see the same machine, so the per-step ratios to (a) carry little of the drift that separate
     processes minutes apart do."""
-    from road_ds.train import schedule_kwargs, train_loader
+    from road_ds.loader import schedule_kwargs, train_loader
 
-    recipe, engine, balance, tables, pad, device, rank, world = setup(args)
-    teachers = {n: recipe.kd_for(n).teachers for n in tables}
-    variants = {"a": {}, **{f"M={m}": {n: t[:m] for n, t in teachers.items()} for m in args.teachers_list}}
-    its = {v: iter(train_loader(recipe, tables, offline, schedule_kwargs(recipe, tables, world, rank), None, pad))
-           for v, offline in variants.items()}
+    run = setup(args)  # its loader is the largest M's
+    recipe, tables, rank, world = run.recipe, run.tables, run.rank, run.world
+    top = max(args.teachers_list)
+    variants = {"a": {}, **{f"M={m}": {n: t[:m] for n, t in run.teachers.items()} for m in args.teachers_list if m != top}}
+    its = {v: iter(train_loader(recipe, tables, offline, schedule_kwargs(recipe, tables, world, rank), None, run.tokenizer.pad_token_id or 0))
+           for v, offline in variants.items()} | {f"M={top}": run.loader}
+    its = {v: its[v] for v in ["a", *(f"M={m}" for m in args.teachers_list)]}
     order = list(its)
     times: dict[str, list[float]] = {v: [] for v in its}
     for step in range(recipe.train.max_steps):
         for v in order[step % len(order):] + order[:step % len(order)]:
-            seconds, _, _ = timed_step(engine, balance, its[v], recipe, tables, step, device)
+            seconds, _, _ = timed_step(run.engine, (run.balancer, run.probe), its[v], recipe, tables, step, run.device)
             if step >= args.warmup:
                 times[v].append(seconds)
     result = {v: {"step_s": statistics.median(t), "ratios": sorted(x / a for x, a in zip(t, times["a"]))} for v, t in times.items()}
     Path(args.result).write_text(json.dumps(result))
+    run.close()
 
 
 # ---------------------------------------------------------------------------- the whole benchmark
@@ -286,8 +278,8 @@ def loss_profile(work: Path, args, device) -> list[dict]:
     backward on one micro-batch of each dataset (the student's outputs as leaf tensors), CE alone
     against CE + KD from M teachers' gathered targets, alternated over many repetitions. The model's
     forward and backward are the same in (a) and (b), so this difference is all the compute KD adds."""
-    from road_ds.data import TrainBatches
-    from road_ds.train import compute_loss, schedule_kwargs
+    from road_ds.kd import compute_loss
+    from road_ds.loader import TrainBatches, schedule_kwargs
 
     recipe, tok, tables = student(work, max(args.teachers_list), args.warmup + args.steps)
     teachers = {n: recipe.kd_for(n).teachers for n in tables}
@@ -306,7 +298,7 @@ def loss_profile(work: Path, args, device) -> list[dict]:
         for rep in range(args.profile_reps + 5):
             for v, teacher in variants.items():
                 t0 = time.perf_counter()
-                loss, _ = compute_loss(recipe, name, kind, out, batch, teacher, 0)
+                loss, _ = compute_loss(recipe.kd_for(name), kind, out, batch, teacher, 0, recipe.train.max_steps)
                 loss.backward()
                 if device.type == "cuda":
                     torch.cuda.synchronize()

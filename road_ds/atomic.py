@@ -23,6 +23,7 @@ from pathlib import Path
 from road_ds.errors import DataError
 
 HOST = socket.gethostname()
+NEARLY_FULL = 64 << 20  # bytes free below which a write failure without a reason is taken for a full disk
 
 
 def _alive(pid: int) -> bool:
@@ -78,11 +79,19 @@ def _fsync_tree(p: Path) -> None:
             os.fsync(fh.fileno())
 
 
-def is_disk_full(e: BaseException) -> bool:
-    """ENOSPC, also as Arrow and torch.save raise it (without errno, the reason in the text)."""
+def is_disk_full(e: BaseException, path: str | Path | None = None) -> bool:
+    """ENOSPC, also as Arrow raises it (without errno, the reason in its text). torch.save says only
+    "file write failed": that counts as a full disk when `path`'s file system has next to nothing free."""
     if isinstance(e, OSError) and e.errno == errno.ENOSPC:
         return True
-    return isinstance(e, (OSError, RuntimeError)) and ("No space left" in str(e) or "file write failed" in str(e))
+    if isinstance(e, (OSError, RuntimeError)) and "No space left" in str(e):
+        return True
+    if isinstance(e, RuntimeError) and "file write failed" in str(e) and path is not None:
+        try:
+            return shutil.disk_usage(Path(path)).free < NEARLY_FULL
+        except OSError:
+            return False
+    return False
 
 
 def disk_full(path: str | Path, needed: int | None, e: OSError) -> DataError:
@@ -160,6 +169,36 @@ def publish_dir(tmp: str | Path, final: str | Path, replace: bool = False, compl
             raise
         shutil.rmtree(tmp, ignore_errors=True)
     fsync_dir(final.parent)
+
+
+@contextlib.contextmanager
+def publishing(final: str | Path, replace: bool = False, complete: str | None = None) -> Iterator[Path]:
+    """Yield a temporary folder name to fill (not yet made); on success it is published as `final`
+    by `publish_dir`'s rules. On an error it is removed, and a full disk is a DataError naming `final`."""
+    final = Path(final)
+    tmp = temp_beside(final)
+    try:
+        yield tmp
+        publish_dir(tmp, final, replace=replace, complete=complete)
+    except BaseException as e:
+        _remove(tmp)
+        if is_disk_full(e, final.parent):
+            raise disk_full(final, None, e) from None
+        raise
+
+
+def link_or_copy(src: str | Path, dst: str | Path) -> None:
+    """`dst` as a hard link to `src` (no second copy on disk), or a copy where links cannot be made."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def link_tree(src: str | Path, dst: str | Path) -> None:
+    """`dst` as a copy of the folder `src` made of hard links, published whole (replacing what was there)."""
+    with publishing(dst, replace=True) as tmp:
+        shutil.copytree(src, tmp, copy_function=link_or_copy)
 
 
 def file_hash(path: str | Path) -> str:

@@ -169,3 +169,12 @@ def pick_device(local_rank: int = 0):
         torch.cuda.set_device(device)
         return device
     return torch.device("cpu")
+
+
+def all_reduce_sum(x):
+    """`x` summed over the ranks, in place (itself alone in a single process)."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.all_reduce(x)
+    return x

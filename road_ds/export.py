@@ -3,7 +3,8 @@
 CKPT is a run's output dir (its latest checkpoint), its `checkpoints/` dir, or one tag dir in it.
 The ZeRO partitions (stage 0-3) are merged on the CPU with DeepSpeed's own zero_to_fp32 logic, so
 no GPU and no process group is needed. The dirs load with `AutoModelForQuestionAnswering` /
-`AutoModelForSequenceClassification` and transformers alone.
+`AutoModelForSequenceClassification` and transformers alone. The heads share one encoder file
+(hard links within the export); `--standalone` gives each head dir its own full weights file.
 """
 
 from __future__ import annotations
@@ -55,11 +56,13 @@ def main(argv=None) -> int:
     p.add_argument("ckpt", help="a run dir, its checkpoints/ dir, or a checkpoint tag dir")
     p.add_argument("out", help="the export dir: one HF model dir per head and road_ds_export.json")
     p.add_argument("--head", action="append", help="only this head (repeatable)")
+    p.add_argument("--standalone", action="store_true", help="each head dir with its own single model.safetensors (for shipping), "
+                   "instead of one encoder file shared by hard links")
     args = p.parse_args(argv)
 
     def body():
         model, recipe, tag = load_checkpoint_model(args.ckpt)
-        out = model.export(args.out, load_tokenizer(recipe.model.tokenizer_path), heads=args.head)
+        out = model.export(args.out, load_tokenizer(recipe.model.tokenizer_path), heads=args.head, standalone=args.standalone)
         print(f"exported checkpoint {tag}: {', '.join(sorted(p.name for p in Path(out).iterdir() if p.is_dir()))} -> {out}")
 
     return run_job("road-ds export", body)

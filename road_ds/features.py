@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 
-from road_ds.atomic import disk_full, file_hash, is_disk_full, publish_dir, temp_beside
+from road_ds.atomic import file_hash, publishing
 from road_ds.errors import DataError
 from road_ds.readers import read_split
 from road_ds.recipe import DatasetSpec, FeatureParams, Recipe, cache_root
@@ -333,17 +332,10 @@ def build_features(recipe: Recipe, name: str, split: str, tokenizer=None, force:
         meta["span_misses"] = stats["misses"]
     # a folder that appears whole or not at all; builds sharing the cache (an array job's tasks, the
     # ranks of a node) may race: the first to finish wins and the others drop their copy
-    tmp = temp_beside(final)
-    try:
+    with publishing(final, replace=force, complete="meta.json") as tmp:
         table.save_to_disk(str(tmp / "features"))
         examples.table.save_to_disk(str(tmp / "examples"))
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-        publish_dir(tmp, final, replace=force, complete="meta.json")
-    except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if is_disk_full(e):
-            raise disk_full(final, None, e) from None
-        raise
     if log:
         log(f"built {spec.name}/{split}: {meta['examples']} examples -> {meta['features']} features in {meta['seconds']} s")
     return _load(spec, split, fp, final, hit=False)

@@ -81,6 +81,33 @@ def _masked_log_softmax(logits: torch.Tensor, support: torch.Tensor, T: float) -
     return torch.where(support, logp, torch.zeros((), dtype=logp.dtype, device=logp.device))
 
 
+def _check_args(student_logits, target_logits, alpha: float, temperature: float, method: str, lam: float | None) -> None:
+    if student_logits.dim() != 2:
+        raise ValueError(f"student_logits must be [batch, support], got shape {tuple(student_logits.shape)}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    if method not in METHODS:
+        raise ValueError(f"unknown KD method {method!r} (expected one of {', '.join(METHODS)})")
+    if method == "anneal" and target_logits is not None and (lam is None or not 0.0 <= lam <= 1.0):
+        raise ValueError(f"teacher annealing needs lam in [0, 1] (see anneal_lambda), got {lam}")
+
+
+def _checked_gold(gold: torch.Tensor, support: torch.Tensor, row_ok: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(which rows have a gold label, gold as [B, 1] indices with -100 mapped to 0); a gold outside
+    its support is an error (one host sync), since it would silently train on nothing."""
+    S = support.shape[1]
+    labeled = (gold != IGNORE) & row_ok
+    safe_gold = torch.where(gold == IGNORE, torch.zeros_like(gold), gold)
+    bad = (gold != IGNORE) & ((gold < 0) | (gold >= S))
+    bad = bad | (labeled & ~support.gather(1, safe_gold.clamp(0, S - 1).unsqueeze(1)).squeeze(1))
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0, 0])
+        raise ValueError(f"gold label {int(gold[i])} of example {i} is outside its valid support (width {S}); use -100 to ignore an example")
+    return labeled, safe_gold.clamp(0, S - 1).unsqueeze(1)
+
+
 def kd_loss(
     student_logits: torch.Tensor,
     gold: torch.Tensor,
@@ -111,16 +138,7 @@ def kd_loss(
     Parts: `ce` = mean CE at T = 1 (for monitoring, also under `anneal`), `kd` = the distillation
     term as it enters the loss before any alpha weighting (T^2 included); detached tensors.
     """
-    if student_logits.dim() != 2:
-        raise ValueError(f"student_logits must be [batch, support], got shape {tuple(student_logits.shape)}")
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    if method not in METHODS:
-        raise ValueError(f"unknown KD method {method!r} (expected one of {', '.join(METHODS)})")
-    if method == "anneal" and target_logits is not None and (lam is None or not 0.0 <= lam <= 1.0):
-        raise ValueError(f"teacher annealing needs lam in [0, 1] (see anneal_lambda), got {lam}")
+    _check_args(student_logits, target_logits, alpha, temperature, method, lam)
     B, S = student_logits.shape
     device = student_logits.device
     s = student_logits.float()
@@ -136,14 +154,7 @@ def kd_loss(
     row_ok = support.any(-1)
     support = support | ((~row_ok).unsqueeze(-1) & (torch.arange(S, device=device) == 0))
 
-    labeled = (gold != IGNORE) & row_ok
-    safe_gold = torch.where(gold == IGNORE, torch.zeros_like(gold), gold)
-    bad = (gold != IGNORE) & ((gold < 0) | (gold >= S))
-    bad = bad | (labeled & ~support.gather(1, safe_gold.clamp(0, S - 1).unsqueeze(1)).squeeze(1))
-    if bool(bad.any()):  # one host sync; a gold outside the support would silently train on nothing
-        i = int(bad.nonzero()[0, 0])
-        raise ValueError(f"gold label {int(gold[i])} of example {i} is outside its valid support (width {S}); use -100 to ignore an example")
-    safe_gold = safe_gold.clamp(0, S - 1).unsqueeze(1)
+    labeled, safe_gold = _checked_gold(gold, support, row_ok)
 
     def batch_mean(per_example: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         # sum / count over selected rows; with none selected this is 0 and still tied to the student graph
@@ -183,3 +194,28 @@ def kd_loss(
     kd = scale * batch_mean(kl_rows, kd_rows_ok)
     loss = alpha * ce + (1.0 - alpha) * kd
     return loss, {"ce": ce.detach(), "kd": kd.detach()}
+
+
+# ---------------------------------------------------------------------------- one micro-batch's loss
+
+
+def compute_loss(kd, kind: str, out: dict, batch: dict, teacher: dict | None, step: int, max_steps: int) -> tuple[torch.Tensor, dict]:
+    """Gold CE plus KD per head output (span: start and end, averaged), as the dataset's KD spec
+    `kd` says (None: gold CE only, a teacher's loss). `teacher`: the dense teacher log-probabilities
+    per output, [M, B, S]. Returns the loss and its float parts `ce` and `kd` for logging."""
+    outputs = ("start", "end") if kind == "span" else ("cls",)
+    total, parts = 0.0, {"ce": 0.0, "kd": 0.0}
+    for o in outputs:
+        z = out[o].float()
+        gold = batch["start_positions" if o == "start" else "end_positions" if o == "end" else "label"].to(z.device)
+        support = batch["support"].to(z.device) if kind == "span" else None
+        if kd is None or teacher is None:
+            loss, p = kd_loss(z, gold, None, support=support)
+        else:
+            target = combine_teachers(teacher[o].to(z.device), gold, "mean" if kd.combine == "anneal" else kd.combine, W=kd.W)
+            lam = anneal_lambda(step, max_steps) if kd.combine == "anneal" else None
+            loss, p = kd_loss(z, gold, target, support=support, alpha=kd.alpha, temperature=kd.temperature, t2=kd.t2, method=kd.combine, lam=lam)
+        total = total + loss / len(outputs)
+        for k in parts:
+            parts[k] += float(p.get(k, 0.0)) / len(outputs)
+    return total, parts

@@ -92,29 +92,73 @@ class RoadModel(nn.Module):
 
     # ------------------------------------------------------------------ export
 
-    def export(self, out: str | Path, tokenizer=None, heads: list[str] | None = None) -> Path:
-        """One `save_pretrained` dir per head (+ tokenizer) and an index naming them."""
+    def task_model(self, name: str, enc_state: dict | None = None):
+        """Head `name` as its own Hugging Face task model (encoder weights copied in), for saving."""
+        head = self.heads[name]
+        if enc_state is None:
+            enc_state = {k: v.detach().cpu() for k, v in self.encoder.state_dict().items()}
+        full = _task_class(head.spec.kind).from_config(head.task.config)
+        base = getattr(full, full.base_model_prefix)
+        missing, unexpected = base.load_state_dict(enc_state, strict=False)
+        unexpected = [k for k in unexpected if not k.startswith("pooler.")]  # QA models have no pooler
+        if missing or unexpected:
+            raise RuntimeError(f"encoder weights do not fit {type(full).__name__}: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        full.load_state_dict({k: v.detach().cpu() for k, v in head.task.state_dict().items()}, strict=False)
+        return full
+
+    def export(self, out: str | Path, tokenizer=None, heads: list[str] | None = None, standalone: bool = False) -> Path:
+        """One `from_pretrained` dir per head (+ tokenizer) and an index naming them.
+
+        The heads share the encoder, so its weights are written once, as the `encoder.safetensors`
+        shard of each head dir's sharded safetensors index, hard-linked between the dirs (a copy
+        where the file system has no hard links); each dir still loads alone and gives the same
+        logits. `standalone`: each dir gets its own single `model.safetensors` instead (for shipping)."""
         from road_ds.atomic import write_json
 
         out = Path(out)
         index = {"heads": {}}
         enc_state = {k: v.detach().cpu() for k, v in self.encoder.state_dict().items()}
+        shared: dict[str, Path] = {}  # the encoder shard written so far, by the task models' encoder prefix
         for name, head in self.heads.items():
             if heads and name not in heads:
                 continue
-            full = _task_class(head.spec.kind).from_config(head.task.config)
-            base = getattr(full, full.base_model_prefix)
-            missing, unexpected = base.load_state_dict(enc_state, strict=False)
-            unexpected = [k for k in unexpected if not k.startswith("pooler.")]  # QA models have no pooler
-            if missing or unexpected:
-                raise RuntimeError(f"encoder weights do not fit {type(full).__name__}: missing {missing[:3]}, unexpected {unexpected[:3]}")
-            full.load_state_dict({k: v.detach().cpu() for k, v in head.task.state_dict().items()}, strict=False)
-            full.save_pretrained(str(out / name))
+            full = self.task_model(name, enc_state)
+            if standalone:
+                full.save_pretrained(str(out / name))
+            else:
+                _save_sharing_encoder(full, enc_state, out / name, shared)
             if tokenizer is not None:
                 tokenizer.save_pretrained(str(out / name))
             index["heads"][name] = {"kind": head.spec.kind, "labels": list(head.spec.labels) if head.spec.labels else None, "dir": name}
         write_json(out / EXPORT_INDEX, index)
         return out
+
+
+ENCODER_SHARD, HEAD_SHARD, SHARD_INDEX = "encoder.safetensors", "head.safetensors", "model.safetensors.index.json"
+
+
+def _save_sharing_encoder(full, enc_state: dict, d: Path, shared: dict[str, Path]) -> None:
+    """`full.save_pretrained(d)` as two shards: the encoder (without the pooler, which only some task
+    models have), linked to the one already written for another head, and this head's own weights."""
+    from safetensors.torch import save_file
+
+    from road_ds.atomic import link_or_copy, write_json
+
+    prefix = full.base_model_prefix + "."
+    state = full.state_dict()
+    enc_keys = [prefix + k for k in enc_state if not k.startswith("pooler.")]
+    if any(k not in state for k in enc_keys):
+        raise RuntimeError(f"{type(full).__name__} does not hold the encoder under '{prefix}'")
+    own = {k: v for k, v in state.items() if k not in set(enc_keys)}
+    full.save_pretrained(str(d), state_dict=dict(own))  # config and the head's weights (it empties the dict it is given)
+    (d / "model.safetensors").rename(d / HEAD_SHARD)
+    if prefix in shared:
+        link_or_copy(shared[prefix], d / ENCODER_SHARD)
+    else:
+        save_file({k: state[k].contiguous() for k in enc_keys}, str(d / ENCODER_SHARD), metadata={"format": "pt"})
+        shared[prefix] = d / ENCODER_SHARD
+    weight_map = {k: ENCODER_SHARD for k in enc_keys} | {k: HEAD_SHARD for k in own}
+    write_json(d / SHARD_INDEX, {"metadata": {"total_size": sum(v.numel() * v.element_size() for v in state.values())}, "weight_map": weight_map})
 
 
 # ---------------------------------------------------------------------------- building

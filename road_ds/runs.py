@@ -111,9 +111,9 @@ def run_steps(steps: list[Step], logs: Path, jobs: int = 1, log=print, progress_
 def ensemble_scores(recipe_path: str, stores: list[Path]) -> dict:
     """The teachers' ensemble on the dev splits: the mean of their log-probabilities, decoded and scored."""
     from road_ds.batching import collate
-    from road_ds.data import teacher_targets
     from road_ds.evaluate import macro, score
     from road_ds.features import build_features, load_tokenizer
+    from road_ds.loader import teacher_targets
     from road_ds.recipe import load_recipe
     from road_ds.store import TeacherSet
 

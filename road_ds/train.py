@@ -3,45 +3,38 @@
     deepspeed road_ds/train.py --deepspeed ds_configs/zero2.json --recipe R.yaml --output-dir runs/x
     torchrun --nproc_per_node N road_ds/train.py ...   |   srun python road_ds/train.py ...   |   road-ds train ...
 
-One optimizer step takes `mtl.passes` micro-batches (DeepSpeed's gradient accumulation), each
-from one dataset picked by the schedule, the same on every rank (a pure function of seed and
-step). A restart with the same output dir resumes from the latest complete checkpoint, exactly.
-The same trainer trains teachers: a recipe without `kd`.
+`setup(args)` builds a `Run` (features, teacher stores checked, engine, resumed position, loader);
+`fit(run)` is the loop. One optimizer step takes `mtl.passes` micro-batches (DeepSpeed's gradient
+accumulation), each from one dataset picked by the schedule, the same on every rank (a pure
+function of seed and step). A restart with the same output dir resumes from the latest complete
+checkpoint, exactly. The same trainer trains teachers: a recipe without `kd`.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
-import io
 import json
 import os
-import random
-import shutil
 import signal
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
-import numpy as np
 import torch
 
 if __package__ in (None, ""):  # run as a script: `deepspeed road_ds/train.py ...`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from road_ds.atomic import disk_full, is_disk_full, publish_dir, temp_beside, write_bytes, write_json, write_text
+from road_ds import checkpoint
+from road_ds.atomic import link_tree, publishing, write_json
+from road_ds.dist import all_reduce_sum
 from road_ds.errors import DataError, run_job
 from road_ds.recipe import Recipe, load_recipe
+from road_ds.train_log import Logger, StepStats
 
 COLLAPSED = 0.9  # mean [CLS] cosine within a batch above which a classification head is warned of a collapsed encoder
-VOLATILE = {"max_steps", "eval_every", "save_every", "log_every", "num_workers", "keep_checkpoints", "eval_batch_size"}
-
-
-def recipe_hash(recipe: Recipe) -> str:
-    """What a resumed run must share with the run that saved: all but the bookkeeping knobs."""
-    d = recipe.model_dump(mode="json")
-    d["train"] = {k: v for k, v in d["train"].items() if k not in VOLATILE}
-    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
 
 class StopFlag:
@@ -69,20 +62,6 @@ class StopFlag:
             raise SystemExit(128 + signum)
 
 
-_LOADERS: list = []  # the run's DataLoader iterators, shut down by main() however the run ends
-
-
-def end_workers() -> None:
-    """Shut down the DataLoader workers on every exit path. They ignore SIGTERM (the training process
-    handles it), so a run ended by an exception would otherwise wait forever at exit, joining a worker
-    blocked on its queue; the iterator's own shutdown tells them to stop and joins them."""
-    while _LOADERS:
-        it = _LOADERS.pop()
-        shutdown = getattr(it, "_shutdown_workers", None)  # multi-process iterators only
-        if shutdown is not None:
-            shutdown()
-
-
 def _hidden_size(recipe: Recipe) -> int | None:
     """The encoder's width, for DeepSpeed's "auto" bucket sizes (read from config.json, no weights)."""
     if recipe.model.config:
@@ -95,23 +74,6 @@ def _hidden_size(recipe: Recipe) -> int | None:
         return None
 
 
-def link_tree(src: Path, dst: Path) -> None:
-    """`dst` as a copy of the folder `src` made of hard links, put in place whole (written aside, then renamed)."""
-    tmp = temp_beside(dst)
-    try:
-        shutil.copytree(src, tmp, copy_function=os.link)
-    except OSError:  # a file system without hard links: a plain copy
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(src, tmp)
-    publish_dir(tmp, dst, replace=True)
-
-
-def _worker_init(_: int) -> None:
-    """DataLoader workers leave SIGTERM/SIGUSR1/SIGINT to the training process, which checkpoints and then ends them."""
-    for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
-        signal.signal(sig, signal.SIG_IGN)
-
-
 def _lr_lambda(warmup: int, total: int):
     def f(step: int) -> float:
         if step < warmup:
@@ -119,113 +81,6 @@ def _lr_lambda(warmup: int, total: int):
         return max(0.0, (total - step) / max(1, total - warmup))
 
     return f
-
-
-def _set_seed(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def _rng_state() -> dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-
-
-def _set_rng_state(s: dict) -> None:
-    random.setstate(s["python"])
-    np.random.set_state(s["numpy"])
-    torch.set_rng_state(s["torch"])
-
-
-class Logger:
-    """Rank 0 only: a JSONL file, TensorBoard scalars, and a progress bar."""
-
-    def __init__(self, out: Path, enabled: bool, total: int, start: int):
-        self.enabled = enabled
-        if not enabled:
-            return
-        from torch.utils.tensorboard import SummaryWriter
-        from tqdm import tqdm
-
-        self.path = out / "metrics.jsonl"
-        self.tb = SummaryWriter(str(out / "tensorboard"), purge_step=start if start else None)
-        self.bar = tqdm(total=total, initial=start, desc="train", dynamic_ncols=True, file=sys.stderr)
-
-    def truncate_after(self, step: int) -> None:
-        """On resume, drop what the killed run logged past its last checkpoint."""
-        if self.enabled and self.path.exists():
-            keep = [line for line in self.path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-            write_text(self.path, "".join(k + "\n" for k in keep))
-
-    def log(self, step: int, values: dict) -> None:
-        if not self.enabled:
-            return
-        with open(self.path, "a") as fh:
-            fh.write(json.dumps({"step": step, **values}) + "\n")
-        for k, v in values.items():
-            if isinstance(v, (int, float)):
-                self.tb.add_scalar(k, v, step)
-
-    def progress(self, n: int, **postfix) -> None:
-        if self.enabled:
-            self.bar.update(n)
-            self.bar.set_postfix(postfix, refresh=False)
-
-    def close(self) -> None:
-        if self.enabled:
-            self.tb.close()
-            self.bar.close()
-
-
-def _all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        dist.all_reduce(x)
-    return x
-
-
-def compute_loss(recipe: Recipe, name: str, kind: str, out: dict, batch: dict, teacher: dict | None, step: int) -> tuple[torch.Tensor, dict]:
-    """Gold CE plus KD per output (span: start and end, averaged), as the dataset's KD spec says."""
-    from road_ds.kd import anneal_lambda, combine_teachers, kd_loss
-
-    kd = recipe.kd_for(name)
-    outputs = ("start", "end") if kind == "span" else ("cls",)
-    total, parts = 0.0, {"ce": 0.0, "kd": 0.0}
-    for o in outputs:
-        z = out[o].float()
-        gold = batch["start_positions" if o == "start" else "end_positions" if o == "end" else "label"].to(z.device)
-        support = batch["support"].to(z.device) if kind == "span" else None
-        if kd is None or teacher is None:
-            loss, p = kd_loss(z, gold, None, support=support)
-        else:
-            t = teacher[o].to(z.device)
-            method = "mean" if kd.combine == "anneal" else kd.combine
-            target = combine_teachers(t, gold, method, W=kd.W)
-            lam = anneal_lambda(step, recipe.train.max_steps) if kd.combine == "anneal" else None
-            loss, p = kd_loss(z, gold, target, support=support, alpha=kd.alpha, temperature=kd.temperature, t2=kd.t2, method=kd.combine, lam=lam)
-        total = total + loss / len(outputs)
-        for k in parts:
-            parts[k] += float(p.get(k, 0.0)) / len(outputs)
-    return total, parts
-
-
-def schedule_kwargs(recipe: Recipe, tables: dict, world: int, rank: int) -> dict:
-    """The MTL sampler's arguments: which dataset and rows each micro-batch of each step takes."""
-    T, mtl = recipe.train, recipe.mtl
-    return dict(sizes={n: len(ft) for n, ft in tables.items()}, task_sizes={n: len(ft.examples) for n, ft in tables.items()},
-                micro_batch_size=T.micro_batch_size, passes=mtl.passes, world=world, rank=rank, policy=mtl.policy,
-                temperature=mtl.temperature, seed=T.seed)
-
-
-def train_loader(recipe: Recipe, tables: dict, teachers: dict, sampler_kwargs: dict, state: dict | None, pad_id: int):
-    """Micro-batches in schedule order from `state` on; DataLoader workers gather the teacher targets."""
-    from road_ds.data import TrainBatches
-
-    batches = TrainBatches(tables, teachers, sampler_kwargs, state, recipe.train.max_steps, pad_id)
-    workers = recipe.train.num_workers
-    return torch.utils.data.DataLoader(batches, batch_size=None, num_workers=workers, persistent_workers=False,
-                                       prefetch_factor=4 if workers else None, worker_init_fn=_worker_init)
 
 
 def engine_config(recipe: Recipe, path: str, world_size: int, cpu: bool) -> dict:
@@ -265,6 +120,8 @@ def train_step(engine, it, recipe: Recipe, tables: dict, step: int, device, teac
     `balancer` and the `probe` on the encoder, each loss is scaled by its task's balance weight
     (and the dataset's static `loss_weight`) before backward; parts then carry the weight, the
     unweighted loss's gradient norm on the encoder and the [CLS] cosine of the micro-batch."""
+    from road_ds.kd import compute_loss
+
     micros, wait = [], 0.0
     for micro in range(recipe.mtl.passes):
         t0 = time.perf_counter()
@@ -280,7 +137,7 @@ def train_step(engine, it, recipe: Recipe, tables: dict, step: int, device, teac
         if probe is not None:
             probe.reset()
         outputs = engine(ft.spec.head_name, **inputs)
-        loss, parts = compute_loss(recipe, name, ft.spec.task_type.kind, outputs, batch, teacher_of(item), step)
+        loss, parts = compute_loss(recipe.kd_for(name), ft.spec.task_type.kind, outputs, batch, teacher_of(item), step, recipe.train.max_steps)
         weight = (balancer.weight(name) if balancer is not None else 1.0) * ft.spec.loss_weight
         engine.backward(loss * weight if weight != 1.0 else loss)
         engine.step()
@@ -295,238 +152,264 @@ def train_step(engine, it, recipe: Recipe, tables: dict, step: int, device, teac
     return micros, wait
 
 
-def run(args) -> dict:
-    import datasets
-    import deepspeed
-    from transformers.utils import logging as hf_logging
 
-    from road_ds.evaluate import evaluate_split, macro
-    from road_ds.features import build_features, load_tokenizer
-    from road_ds.model import build_model, param_groups
-    from road_ds.store import TeacherStore
+@dataclass
+class Run:
+    """One training run: what `setup` built and `fit` advances. Rank-local where it says so."""
 
-    datasets.disable_progress_bars()
-    hf_logging.disable_progress_bar()
-    recipe = load_recipe(args.recipe, args.set or [])
-    out = Path(args.output_dir)
-    cpu = not torch.cuda.is_available()
-    T = recipe.train
+    args: argparse.Namespace
+    recipe: Recipe
+    out: Path
+    engine: Any
+    tokenizer: Any
+    tables: dict  # dataset name -> FeatureTable of its train split
+    eval_tables: dict  # dataset name -> FeatureTable of its dev split
+    teachers: dict  # dataset name -> teacher store dirs
+    teacher_ids: dict  # the stores' manifest hashes, which a resume must match
+    position: Any  # the MTL sampler's position (this process's copy, for checkpoints)
+    logger: Logger
+    log: Callable[[str], None]
+    device: torch.device
+    rank: int
+    world: int
+    balancer: Any
+    probe: Any
+    stop: StopFlag
+    stats: StepStats
+    step: int = 0
+    best: float = -1.0  # the best dev macro so far (its model is in best/)
+    loader: Any = None  # the DataLoader's iterator
+    warned: set = field(default_factory=set)
 
-    # the DeepSpeed config first: a contradiction with the recipe stops us before any work
-    from road_ds.dist import export_env, init_deepspeed, main_process_first, pick_device, rank0_logger
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.out / "checkpoints"
 
-    ds_config = engine_config(recipe, args.deepspeed_config, export_env().size, cpu)
-    init_deepspeed(cpu)
-    import torch.distributed as dist
+    def close(self) -> None:
+        """Shut the loader's workers down and close the logs: on every way out of the run."""
+        from road_ds.loader import end_workers
 
-    rank, world = dist.get_rank(), dist.get_world_size()
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    device = pick_device(local_rank)
-    stop = StopFlag()
-    log = rank0_logger(rank == 0)
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "recipe.resolved.json", recipe.model_dump(mode="json"))
-        write_json(out / "ds_config.resolved.json", ds_config)
+        end_workers(self.loader)
+        self.logger.close()
 
-    # features: rank 0 builds what the cache lacks, then everyone reads it
-    tokenizer = load_tokenizer(recipe.model.tokenizer_path)
-    train_tables, eval_tables = {}, {}
-    with main_process_first(rank == 0):
+
+def build_features_for(recipe: Recipe, recipe_path, tokenizer, is_main: bool, log) -> tuple[dict, dict]:
+    """Train and dev features of every dataset: rank 0 builds what the cache lacks, then everyone reads it."""
+    from road_ds.dist import main_process_first
+    from road_ds.features import build_features
+
+    tables, eval_tables = {}, {}
+    with main_process_first(is_main):
         for d in recipe.datasets:
             if d.train_split:
-                train_tables[d.name] = build_features(recipe, d.name, d.train_split, tokenizer=tokenizer, log=log)
+                tables[d.name] = build_features(recipe, d.name, d.train_split, tokenizer=tokenizer, log=log)
             if d.eval_split:
                 eval_tables[d.name] = build_features(recipe, d.name, d.eval_split, tokenizer=tokenizer, log=log)
-    if not train_tables:
-        raise DataError(args.recipe, "no dataset has a train split", field="datasets")
+    if not tables:
+        raise DataError(recipe_path, "no dataset has a train split", field="datasets")
+    return tables, eval_tables
 
-    # teachers: every store is checked against the features before any compute is spent
-    teachers, teacher_ids = {}, {}
-    for name, ft in train_tables.items():
+
+def open_teachers(recipe: Recipe, tables: dict) -> dict[str, list[str]]:
+    """Each KD dataset's teacher stores, every one checked against the features before any compute is spent."""
+    from road_ds.store import TeacherStore
+
+    teachers = {}
+    for name, ft in tables.items():
         kd = recipe.kd_for(name)
         if kd:
             for p in kd.teachers:
                 TeacherStore.open(p, [ft])
             teachers[name] = kd.teachers
-            teacher_ids[name] = [hashlib.sha256((Path(p) / "manifest.json").read_bytes()).hexdigest() for p in kd.teachers]
+    return teachers
 
-    _set_seed(T.seed)
+
+def build_engine(recipe: Recipe, ds_config: dict):
+    """The student (seeded), its AdamW groups and the warm-up + linear-decay schedule, on DeepSpeed."""
+    import deepspeed
+
+    from road_ds.model import build_model, param_groups
+
+    T = recipe.train
+    checkpoint.set_seed(T.seed)
     model = build_model(recipe)
     groups = param_groups(model, T.lr, T.weight_decay, T.layer_lr_decay)
     scheduler = lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(T.warmup_steps, T.max_steps))  # noqa: E731
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=groups, config=ds_config, lr_scheduler=scheduler)
-    balancer, probe = task_balance(recipe, engine)
+    return engine
 
-    # resume: the latest complete checkpoint of this output dir
-    ckpt_dir = out / "checkpoints"
-    sampler_kwargs = schedule_kwargs(recipe, train_tables, world, rank)
-    state, step = None, 0
-    best = -1.0
-    rng = None
-    if (ckpt_dir / "latest").exists():
-        path, client = engine.load_checkpoint(str(ckpt_dir))
-        if path is None:
-            raise DataError(ckpt_dir, "the latest checkpoint could not be loaded")
-        for key, now, what in (("recipe_sha", recipe_hash(recipe), "recipe"), ("teachers", teacher_ids, "teacher stores")):
-            if client.get(key) != now and not args.force_resume:
-                raise DataError(ckpt_dir, f"the checkpoint was made with another {what}; use a new --output-dir, or --force-resume")
-        state, step, best = client["sampler"], client["step"], client.get("best", -1.0)
-        balancer.load_state_dict(client.get("balance", {}))
-        rng_file = ckpt_dir / f"step-{step:08d}" / f"rng-rank{rank:05d}.pt"
-        rng = torch.load(rng_file, weights_only=False) if rng_file.exists() else None  # absent: another world size
-        log(f"resumed from {path} at step {step}")
 
-    logger = Logger(out, rank == 0, T.max_steps, step)
-    if step:
-        logger.truncate_after(step)
-    it = iter(train_loader(recipe, train_tables, teachers, sampler_kwargs, state, tokenizer.pad_token_id or 0))
-    _LOADERS.append(it)
-    if rng is not None:
-        _set_rng_state(rng)  # after the loader drew its worker seeds, as the uninterrupted run had
+def setup(args) -> Run:
+    """Everything before the first step, in the order that fails fastest: the DeepSpeed config, the
+    features, the teacher stores, the engine, the resumed position, and the loader (started last)."""
+    import datasets
+    import torch.distributed as dist
+    from transformers.utils import logging as hf_logging
 
+    from road_ds.dist import export_env, init_deepspeed, pick_device, rank0_logger
+    from road_ds.features import load_tokenizer
+    from road_ds.loader import schedule_kwargs, train_loader
     from road_ds.schedule import MTLSampler
 
-    position = MTLSampler(**sampler_kwargs)  # the main process's copy of the position, for checkpoints
-    if state:
-        position.load_state_dict(state)
-    names = sorted(train_tables)
-    cols = ("loss", "ce", "kd", "weight", "enc_grad", "cls_cos")  # per dataset since the last log: sums and counts
-    acc, cnt = torch.zeros(len(names), len(cols), dtype=torch.float64), torch.zeros(len(names), len(cols), dtype=torch.float64)
-    warned: set[str] = set()
-    t_log, samples, waited, stepped = time.time(), 0, 0.0, 0.0
-    results = {}
-
-    def evaluate_all() -> dict:
-        engine.eval()
-        res = {}
-        for name, ft in eval_tables.items():
-            r = evaluate_split(lambda head, **kw: engine(head, **kw), ft, rank, world, T.eval_batch_size, tokenizer.pad_token_id or 0, device,
-                               out_dir=out / "predictions", n_best_size=T.n_best_size, max_answer_length=T.max_answer_length)
-            if rank == 0:
-                res[name] = r
-        engine.train()
-        return res
-
-    def save(step: int) -> None:
-        rng = _rng_state()
-        tag = f"step-{step:08d}"
-        # each rank's own RNG (dropout draws differ between ranks), written before DeepSpeed's files:
-        # `latest` moves to this tag only after everything in it is complete
-        buf = io.BytesIO()
-        torch.save(rng, buf)
-        write_bytes(ckpt_dir / tag / f"rng-rank{rank:05d}.pt", buf.getvalue())
-        client = {"step": step, "sampler": position.state_dict(), "recipe_sha": recipe_hash(recipe), "teachers": teacher_ids, "best": best,
-                  "balance": balancer.state_dict()}
-        try:
-            engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client)
-        except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
-            if is_disk_full(e):
-                shutil.rmtree(ckpt_dir / tag, ignore_errors=True)  # `latest` still names the last complete tag
-                raise disk_full(ckpt_dir / tag, None, e) from None
-            raise
-        _set_rng_state(rng)  # saving may draw random numbers; go on exactly as a resumed run will
-        dist.barrier()
-        if rank == 0:
-            tags = sorted(p for p in ckpt_dir.glob("step-*") if p.is_dir())
-            for old in tags[: -max(1, T.keep_checkpoints)]:
-                shutil.rmtree(old, ignore_errors=True)
-
-    def export(to: Path) -> None:
-        """A plain HF dir per head; written aside and renamed, so a reader never sees half of it."""
-        from deepspeed.runtime.zero import GatheredParameters
-
-        with GatheredParameters(list(engine.module.parameters()), modifier_rank=None, enabled=engine.zero_optimization_stage() == 3):
-            if rank == 0:
-                tmp = temp_beside(to)
-                try:
-                    engine.module.export(tmp, tokenizer)
-                except OSError as e:
-                    shutil.rmtree(tmp, ignore_errors=True)
-                    if is_disk_full(e):
-                        raise disk_full(to, None, e) from None
-                    raise
-                publish_dir(tmp, to, replace=True)
-        dist.barrier()
-
-    engine.train()
-    while step < T.max_steps:
-        position.next_step()
-        t_step = time.perf_counter()
-        micros, wait = train_step(engine, it, recipe, train_tables, step, device, balancer=balancer, probe=probe)
-        for name, loss, parts, rows in micros:
-            v = torch.tensor([loss, *(parts.get(c, float("nan")) for c in cols[1:])], dtype=torch.float64)
-            ok = torch.isfinite(v)
-            acc[names.index(name)] += torch.where(ok, v, 0.0)
-            cnt[names.index(name)] += ok
-            samples += rows * world
-        waited += wait
-        stepped += time.perf_counter() - t_step
-        step += 1
-        if step % T.log_every == 0 or step == T.max_steps:
-            tot, num = _all_reduce_sum(acc.clone()), _all_reduce_sum(cnt.clone())
-            vals = {"lr": engine.get_lr()[0] if engine.get_lr() else 0.0}
-            vals["loss"] = tot[:, 0].sum().item() / max(1.0, num[:, 0].sum().item())
-            for j, n in enumerate(names):
-                for c, k in enumerate(cols):
-                    if num[j, c] > 0:
-                        vals[f"{k}/{n}"] = tot[j, c].item() / num[j, c].item()
-                cos = vals.get(f"cls_cos/{n}")
-                if cos is not None and cos > COLLAPSED and n not in warned and train_tables[n].spec.task_type.kind == "classification":
-                    warned.add(n)
-                    log(f"warning: step {step}: the [CLS] states of {n}'s batches are nearly one vector (mean cosine {cos:.2f}); "
-                        "its head cannot tell inputs apart. Another task's gradient may own the encoder: see mtl.balance")
-            dt = time.time() - t_log
-            vals["samples_per_s"] = samples / max(dt, 1e-9)
-            vals["data_wait_frac"] = waited / max(stepped, 1e-9)  # of the step time, spent waiting for the DataLoader
-            logger.log(step, vals)
-            logger.progress(T.log_every if step % T.log_every == 0 else step % T.log_every, loss=f"{vals['loss']:.4f}", sps=f"{vals['samples_per_s']:.1f}")
-            acc.zero_()
-            cnt.zero_()
-            t_log, samples, waited, stepped = time.time(), 0, 0.0, 0.0
-        if T.eval_every and step % T.eval_every == 0 and step < T.max_steps:
-            results = evaluate_all()
-            if rank == 0:
-                m = macro(results)
-                logger.log(step, {f"eval/{n}/{k}": v for n, r in results.items() for k, v in r.items() if isinstance(v, float)} | {"eval/macro": m})
-            m = torch.tensor([macro(results) if rank == 0 else 0.0], dtype=torch.float64)
-            m = float(_all_reduce_sum(m))
-            if m > best:
-                best = m
-                export(out / "best")
-        flag = _all_reduce_sum(torch.tensor([1.0 if stop.raised else 0.0])).item() > 0
-        if step % T.save_every == 0 or flag or step == T.max_steps:
-            save(step)
-        if flag:
-            log(f"stopped by a signal at step {step}: checkpoint saved, exiting for a requeue")
-            logger.close()
-            return {"stopped": True, "step": step}
-
-    results = evaluate_all()
-    final = {}
+    datasets.disable_progress_bars()
+    hf_logging.disable_progress_bar()
+    recipe = load_recipe(args.recipe, args.set or [])
+    out, cpu = Path(args.output_dir), not torch.cuda.is_available()
+    ds_config = engine_config(recipe, args.deepspeed_config, export_env().size, cpu)  # a contradiction stops us before any work
+    init_deepspeed(cpu)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    device, stop, log = pick_device(int(os.environ.get("LOCAL_RANK", 0))), StopFlag(), rank0_logger(rank == 0)
     if rank == 0:
-        final = {n: {k: v for k, v in r.items() if isinstance(v, (int, float))} for n, r in results.items()}
-        final["macro"] = macro(results)
-        import resource
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "recipe.resolved.json", recipe.model_dump(mode="json"))
+        write_json(out / "ds_config.resolved.json", ds_config)
+    tokenizer = load_tokenizer(recipe.model.tokenizer_path)
+    tables, eval_tables = build_features_for(recipe, args.recipe, tokenizer, rank == 0, log)
+    teachers = open_teachers(recipe, tables)
+    engine = build_engine(recipe, ds_config)
+    balancer, probe = task_balance(recipe, engine)
+    teacher_ids = checkpoint.store_ids(teachers)
+    resumed = checkpoint.resume(engine, out / "checkpoints", recipe, teacher_ids, rank, force=args.force_resume)
+    start = resumed.step if resumed else 0
+    sampler_kwargs = schedule_kwargs(recipe, tables, world, rank)
+    run = Run(args, recipe, out, engine, tokenizer, tables, eval_tables, teachers, teacher_ids, MTLSampler(**sampler_kwargs),
+              Logger(out, rank == 0, recipe.train.max_steps, start), log, device, rank, world, balancer, probe, stop, StepStats(tables, world),
+              step=start, best=resumed.best if resumed else -1.0)
+    if resumed:
+        run.position.load_state_dict(resumed.sampler)
+        balancer.load_state_dict(resumed.balance)
+        run.logger.truncate_after(start)
+        log(f"resumed from {resumed.path} at step {start}")
+    try:
+        run.loader = iter(train_loader(recipe, tables, teachers, sampler_kwargs, resumed.sampler if resumed else None, tokenizer.pad_token_id or 0))
+        if resumed and resumed.rng is not None:  # None: saved under another world size
+            checkpoint.set_rng_state(resumed.rng)  # after the loader drew its worker seeds, as the uninterrupted run had
+    except BaseException:
+        run.close()
+        raise
+    return run
 
+
+def fit(run: Run) -> dict:
+    """The loop: a step, its log line, a dev eval, a checkpoint; a stop signal checkpoints and ends
+    the run for a requeue. At the end: the final eval and the export."""
+    T = run.recipe.train
+    run.engine.train()
+    while run.step < T.max_steps:
+        run.position.next_step()
+        t0 = time.perf_counter()
+        micros, wait = train_step(run.engine, run.loader, run.recipe, run.tables, run.step, run.device, balancer=run.balancer, probe=run.probe)
+        run.stats.add(micros, wait, time.perf_counter() - t0)
+        run.step += 1
+        if run.step % T.log_every == 0 or run.step == T.max_steps:
+            log_line(run)
+        if T.eval_every and run.step % T.eval_every == 0 and run.step < T.max_steps:
+            _, m = evaluate(run)
+            if m > run.best:
+                run.best = m
+                export(run, run.out / "best")
+        stopped = all_reduce_sum(torch.tensor([1.0 if run.stop.raised else 0.0])).item() > 0
+        if run.step % T.save_every == 0 or stopped or run.step == T.max_steps:
+            save(run)
+        if stopped:
+            run.log(f"stopped by a signal at step {run.step}: checkpoint saved, exiting for a requeue")
+            return {"stopped": True, "step": run.step}
+    return finish(run)
+
+
+def log_line(run: Run) -> None:
+    """The metrics since the last line, over all ranks; a warning when a classifier's [CLS] states collapse."""
+    lr = run.engine.get_lr()
+    vals = {"lr": lr[0] if lr else 0.0} | run.stats.values()
+    for n in run.stats.names:
+        cos = vals.get(f"cls_cos/{n}")
+        if cos is not None and cos > COLLAPSED and n not in run.warned and run.tables[n].spec.task_type.kind == "classification":
+            run.warned.add(n)
+            run.log(f"warning: step {run.step}: the [CLS] states of {n}'s batches are nearly one vector (mean cosine {cos:.2f}); "
+                    "its head cannot tell inputs apart. Another task's gradient may own the encoder: see mtl.balance")
+    run.logger.log(run.step, vals)
+    done = run.recipe.train.log_every if run.step % run.recipe.train.log_every == 0 else run.step % run.recipe.train.log_every
+    run.logger.progress(done, loss=f"{vals['loss']:.4f}", sps=f"{vals['samples_per_s']:.1f}")
+
+
+def evaluate(run: Run) -> tuple[dict, float]:
+    """Every dev split on the current weights, logged by rank 0. Returns the results (rank 0; {} on
+    the others) and the macro (every rank)."""
+    from road_ds.evaluate import evaluate_split, macro
+
+    T = run.recipe.train
+    run.engine.eval()
+    results = {}
+    for name, ft in run.eval_tables.items():
+        r = evaluate_split(lambda head, **kw: run.engine(head, **kw), ft, run.rank, run.world, T.eval_batch_size, run.tokenizer.pad_token_id or 0,
+                           run.device, out_dir=run.out / "predictions", n_best_size=T.n_best_size, max_answer_length=T.max_answer_length)
+        if run.rank == 0:
+            results[name] = r
+    run.engine.train()
+    m = macro(results) if run.rank == 0 else 0.0
+    run.logger.log(run.step, {f"eval/{n}/{k}": v for n, r in results.items() for k, v in r.items() if isinstance(v, float)} | {"eval/macro": m})
+    return results, float(all_reduce_sum(torch.tensor([m], dtype=torch.float64)))
+
+
+def save(run: Run) -> None:
+    """A checkpoint of this step on every rank, then rank 0 prunes the old ones."""
+    import torch.distributed as dist
+
+    client = {"step": run.step, "sampler": run.position.state_dict(), "recipe_sha": checkpoint.recipe_hash(run.recipe),
+              "teachers": run.teacher_ids, "best": run.best, "balance": run.balancer.state_dict()}
+    checkpoint.save(run.engine, run.ckpt_dir, run.step, run.rank, client)
+    dist.barrier()
+    if run.rank == 0:
+        checkpoint.prune(run.ckpt_dir, run.recipe.train.keep_checkpoints)
+
+
+def export(run: Run, to: Path) -> None:
+    """A plain HF dir per head (ZeRO-3's partitions gathered first), published whole by rank 0."""
+    import torch.distributed as dist
+    from deepspeed.runtime.zero import GatheredParameters
+
+    engine = run.engine
+    with GatheredParameters(list(engine.module.parameters()), modifier_rank=None, enabled=engine.zero_optimization_stage() == 3):
+        if run.rank == 0:
+            with publishing(to, replace=True) as tmp:
+                engine.module.export(tmp, run.tokenizer)
+    dist.barrier()
+
+
+def finish(run: Run) -> dict:
+    """The final dev eval (eval_results.json), the export, and `best/` as its hard links when it is the best."""
+    import resource
+    import shutil
+
+    import torch.distributed as dist
+
+    results, m = evaluate(run)
+    final = {}
+    if run.rank == 0:
+        final = {n: {k: v for k, v in r.items() if isinstance(v, (int, float))} for n, r in results.items()} | {"macro": m}
         # peak resident memory of this (training) process and of its largest finished child (the
         # DataLoader workers; forked, so the pages they share with this process count too), in MiB
         final["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         final["peak_rss_workers_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-        logger.log(step, {f"eval/{n}/{k}": v for n, r in results.items() for k, v in r.items() if isinstance(v, float)} | {"eval/macro": final["macro"]})
-        write_json(out / "eval_results.json", final)
-        log(json.dumps(final))
-    m = float(_all_reduce_sum(torch.tensor([final.get("macro", 0.0)], dtype=torch.float64)))
-    export(out / "export")
-    if rank == 0:
-        if m > best:  # the final model is the best: `best/` is `export/` again, as hard links (no second copy on disk)
-            best = m
-            link_tree(out / "export", out / "best")
-        if T.keep_checkpoints == 0:  # finished and exported: nothing left to resume
-            shutil.rmtree(ckpt_dir, ignore_errors=True)
+        write_json(run.out / "eval_results.json", final)
+        run.log(json.dumps(final))
+    export(run, run.out / "export")
+    if run.rank == 0:
+        if m > run.best:  # the final model is the best: `best/` is `export/` again, as hard links (no second copy on disk)
+            run.best = m
+            link_tree(run.out / "export", run.out / "best")
+        if run.recipe.train.keep_checkpoints == 0:  # finished and exported: nothing left to resume
+            shutil.rmtree(run.ckpt_dir, ignore_errors=True)
     dist.barrier()
-    logger.close()
-    return {"stopped": False, "step": step, "eval": final}
+    return {"stopped": False, "step": run.step, "eval": final}
+
+
+def train(args) -> dict:
+    run = setup(args)
+    try:
+        return fit(run)
+    finally:
+        run.close()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -546,16 +429,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
     if isinstance(args.deepspeed, str):
         args.deepspeed_config = args.deepspeed
     if not args.deepspeed_config:
         args.deepspeed_config = str(Path(__file__).resolve().parent.parent / "ds_configs" / "zero2.json")
-    try:
-        return run_job("road-ds train", run, args)
-    finally:
-        end_workers()
+    return args
+
+
+def main(argv=None) -> int:
+    return run_job("road-ds train", train, parse_args(argv))
 
 
 if __name__ == "__main__":

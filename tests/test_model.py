@@ -105,6 +105,32 @@ def test_export_round_trip_with_transformers_alone(model_type, tmp_path, tiny_to
         assert saved("paris is the capital")["input_ids"] == tok("paris is the capital")["input_ids"]
 
 
+def test_export_holds_one_encoder_linked_into_every_head_dir(tmp_path):
+    """The encoder's weights are on disk once (hard links between the head dirs), each head dir
+    still loads alone with the same logits, and a head dir copied elsewhere is whole."""
+    import shutil
+
+    from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification
+
+    model = make_model("bert")
+    out = model.export(tmp_path / "export")
+    shards = [out / h / "encoder.safetensors" for h in ("qa", "nli2", "nli3")]
+    assert len({p.stat().st_ino for p in shards}) == 1 and shards[0].stat().st_nlink == 3
+    enc_bytes = shards[0].stat().st_size
+    assert all((out / h / "head.safetensors").stat().st_size < enc_bytes / 5 for h in ("qa", "nli2", "nli3"))
+    assert not any((out / h / "model.safetensors").exists() for h in ("qa", "nli2", "nli3"))
+    moved = tmp_path / "moved"
+    shutil.copytree(out / "nli2", moved)  # a head dir alone, its links now plain files
+    shutil.rmtree(out)
+    b = batch()
+    assert_same(hf_logits(AutoModelForSequenceClassification.from_pretrained(str(moved)).eval(), b), road_logits(model, "nli2", b))
+
+    # --standalone: each head dir its own single weights file, the same logits
+    out = model.export(tmp_path / "standalone", standalone=True)
+    assert not (out / "qa" / "encoder.safetensors").exists() and (out / "qa" / "model.safetensors").exists()
+    assert_same(hf_logits(AutoModelForQuestionAnswering.from_pretrained(str(out / "qa")).eval(), b), road_logits(model, "qa", b))
+
+
 def test_export_without_tokenizer_and_selected_heads(tmp_path):
     model = make_model("bert")
     out = model.export(tmp_path / "export", heads=["nli3"])

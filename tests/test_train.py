@@ -362,10 +362,9 @@ def test_a_transfer_set_keeps_gold_only_on_its_labeled_examples(world):
     """Examples past `labeled` reach the loss with gold -100 (KD only); the others keep theirs."""
     import numpy as np
 
-    from road_ds.data import TrainBatches
     from road_ds.features import build_features, load_tokenizer
+    from road_ds.loader import TrainBatches, schedule_kwargs
     from road_ds.recipe import load_recipe
-    from road_ds.train import schedule_kwargs
 
     d, tok, _ = world
     recipe = load_recipe(d / "kd.yaml", ["datasets.sq.labeled=5", "datasets.rt.labeled=10"])

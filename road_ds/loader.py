@@ -1,4 +1,4 @@
-"""Training batches: the MTL schedule's micro-batches, collated, with their teacher targets.
+"""The training loader: the MTL schedule's micro-batches, collated, with their teacher targets.
 
 An IterableDataset for DataLoader workers: worker w of W yields micro-batches m ≡ w (mod W) of
 the one global sequence, and the DataLoader's round-robin keeps that order. Teacher targets are
@@ -8,7 +8,11 @@ log-probabilities over each feature's support; the training process never opens 
 
 from __future__ import annotations
 
+import signal
+
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
@@ -40,8 +44,8 @@ def transfer_rows(ft) -> np.ndarray | None:
     n = ft.spec.labeled
     if n is None:
         return None
-    kept = set(ft.examples["id"][:n])
-    return np.array([e not in kept for e in ft.table["example_id"]], dtype=bool)
+    kept = pa.array(ft.examples["id"][:n])
+    return ~pc.is_in(ft.table.data.table.column("example_id"), value_set=kept).to_numpy()
 
 
 def drop_gold(batch: dict, unlabeled: np.ndarray) -> dict:
@@ -93,3 +97,34 @@ class TrainBatches(IterableDataset):
                         item["teacher"] = teacher_targets(stores[name], name, ft.split, ft.spec.task_type.kind, batch)
                     yield item
                 m += 1
+
+
+def schedule_kwargs(recipe, tables: dict, world: int, rank: int) -> dict:
+    """The MTL sampler's arguments: which dataset and rows each micro-batch of each step takes."""
+    T, mtl = recipe.train, recipe.mtl
+    return dict(sizes={n: len(ft) for n, ft in tables.items()}, task_sizes={n: len(ft.examples) for n, ft in tables.items()},
+                micro_batch_size=T.micro_batch_size, passes=mtl.passes, world=world, rank=rank, policy=mtl.policy,
+                temperature=mtl.temperature, seed=T.seed)
+
+
+def _worker_init(_: int) -> None:
+    """DataLoader workers leave SIGTERM/SIGUSR1/SIGINT to the training process, which checkpoints and then ends them."""
+    for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
+
+
+def train_loader(recipe, tables: dict, teachers: dict, sampler_kwargs: dict, state: dict | None, pad_id: int) -> torch.utils.data.DataLoader:
+    """Micro-batches in schedule order from `state` on; DataLoader workers gather the teacher targets."""
+    batches = TrainBatches(tables, teachers, sampler_kwargs, state, recipe.train.max_steps, pad_id)
+    workers = recipe.train.num_workers
+    return torch.utils.data.DataLoader(batches, batch_size=None, num_workers=workers, persistent_workers=False,
+                                       prefetch_factor=4 if workers else None, worker_init_fn=_worker_init)
+
+
+def end_workers(it) -> None:
+    """Shut a loader iterator's workers down. They ignore SIGTERM (the training process handles it),
+    so a run ended by an exception would otherwise wait forever at exit, joining a worker blocked on
+    its queue; the iterator's own shutdown tells them to stop and joins them."""
+    shutdown = getattr(it, "_shutdown_workers", None)  # multi-process iterators only
+    if shutdown is not None:
+        shutdown()

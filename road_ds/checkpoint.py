@@ -1,0 +1,116 @@
+"""Training checkpoints: save, resume, prune, and the RNG state that makes a resume exact.
+
+A checkpoint is DeepSpeed's tag dir `checkpoints/step-NNNNNNNN` (its model and optimizer
+partitions) plus one `rng-rankNNNNN.pt` per rank, written first: DeepSpeed moves `latest` to the
+tag only after its own files are complete, so `latest` always names a whole checkpoint. The
+client state carries what the trainer needs beyond the engine: the step, the sampler's position
+(resume from counters, no replay), the best dev macro so far, the task balance, and the recipe and
+teacher-store hashes a resume must match. See docs/design.md, "Checkpoints".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import random
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from road_ds.atomic import disk_full, is_disk_full, write_bytes
+from road_ds.errors import DataError
+from road_ds.recipe import Recipe
+
+# train fields a resumed run may change: bookkeeping, not what is learned
+VOLATILE = {"max_steps", "eval_every", "save_every", "log_every", "num_workers", "keep_checkpoints", "eval_batch_size"}
+
+
+def recipe_hash(recipe: Recipe) -> str:
+    """What a resumed run must share with the run that saved: all but the bookkeeping knobs."""
+    d = recipe.model_dump(mode="json")
+    d["train"] = {k: v for k, v in d["train"].items() if k not in VOLATILE}
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
+
+
+def store_ids(teachers: dict[str, list[str]]) -> dict[str, list[str]]:
+    """Each teacher store by the hash of its manifest: a resume must distil from the same stores."""
+    return {name: [hashlib.sha256((Path(p) / "manifest.json").read_bytes()).hexdigest() for p in paths] for name, paths in teachers.items()}
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def set_rng_state(s: dict) -> None:
+    random.setstate(s["python"])
+    np.random.set_state(s["numpy"])
+    torch.set_rng_state(s["torch"])
+
+
+def tag(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+@dataclass
+class Resumed:
+    """What the latest checkpoint gives back beyond the engine's own state."""
+
+    path: str
+    step: int
+    sampler: dict
+    best: float
+    balance: dict
+    rng: dict | None  # this rank's RNG; None when the checkpoint was saved under another world size
+
+
+def resume(engine, ckpt_dir: Path, recipe: Recipe, teacher_ids: dict, rank: int, force: bool = False) -> Resumed | None:
+    """Load the latest complete checkpoint of `ckpt_dir` into the engine (None: there is none).
+    A checkpoint made with another recipe or other teacher stores is refused unless `force`."""
+    if not (ckpt_dir / "latest").exists():
+        return None
+    path, client = engine.load_checkpoint(str(ckpt_dir))
+    if path is None:
+        raise DataError(ckpt_dir, "the latest checkpoint could not be loaded")
+    for key, now, what in (("recipe_sha", recipe_hash(recipe), "recipe"), ("teachers", teacher_ids, "teacher stores")):
+        if client.get(key) != now and not force:
+            raise DataError(ckpt_dir, f"the checkpoint was made with another {what}; use a new --output-dir, or --force-resume")
+    step = client["step"]
+    rng_file = ckpt_dir / tag(step) / f"rng-rank{rank:05d}.pt"
+    rng = torch.load(rng_file, weights_only=False) if rng_file.exists() else None
+    return Resumed(path, step, client["sampler"], client.get("best", -1.0), client.get("balance", {}), rng)
+
+
+def save(engine, ckpt_dir: Path, step: int, rank: int, client: dict) -> None:
+    """Checkpoint `step` on every rank; then go on with the RNG exactly as a resumed run will."""
+    state = rng_state()
+    t = tag(step)
+    # each rank's own RNG (dropout draws differ between ranks), written before DeepSpeed's files:
+    # `latest` moves to this tag only after everything in it is complete
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    write_bytes(ckpt_dir / t / f"rng-rank{rank:05d}.pt", buf.getvalue())
+    try:
+        engine.save_checkpoint(str(ckpt_dir), tag=t, client_state=client)
+    except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
+        if is_disk_full(e, ckpt_dir):
+            shutil.rmtree(ckpt_dir / t, ignore_errors=True)  # `latest` still names the last complete tag
+            raise disk_full(ckpt_dir / t, None, e) from None
+        raise
+    set_rng_state(state)  # saving may draw random numbers
+
+
+def prune(ckpt_dir: Path, keep: int) -> None:
+    """Keep the newest `keep` checkpoints (at least one: the one `latest` names)."""
+    tags = sorted(p for p in ckpt_dir.glob("step-*") if p.is_dir())
+    for old in tags[: -max(1, keep)]:
+        shutil.rmtree(old, ignore_errors=True)
