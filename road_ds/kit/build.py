@@ -221,7 +221,7 @@ def kit_paths(cache=None) -> dict[str, Path]:
 
 def _check_outside_repo(cache: Path) -> None:
     """The BIG-bench-derived files must not end up in this repository's working tree."""
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     if not (repo / ".git").exists():
         return
     try:
@@ -649,7 +649,7 @@ def _build_squad(ctx: _Context, stage: _Stage) -> dict:
     info["qnli_construction"] = (
         "per question: the sentence holding the first locatable answer span -> entailment; one "
         "seeded other sentence of the same paragraph that overlaps no answer span and contains no "
-        "answer text -> not_entailment; sentences from road_ds.data_kit.split_sentences")
+        "answer text -> not_entailment; sentences from road_ds.kit.split_sentences")
     if mismatched:
         ctx.log(f"  SQuAD: {len(mismatched)} answers whose answer_start does not point at the "
                 f"text (kept as published; QNLI uses the nearest occurrence)")
@@ -898,10 +898,13 @@ BUILDERS: dict[str, Callable[[_Context, _Stage], dict]] = {
 
 
 def code_sha256() -> str:
-    """Hash of the code that builds the kit: a kit built by other code is rebuilt (and verified)."""
+    """Hash of the code that builds the kit, every .py file of road_ds/kit/ (names and contents, in
+    sorted order): a kit built by other code is rebuilt (and verified)."""
+    package = Path(__file__).resolve().parent
     h = hashlib.sha256()
-    for path in (Path(__file__), Path(__file__).with_name("onnx_convert.py")):
-        h.update(path.read_bytes())
+    for rel in sorted(p.relative_to(package).as_posix() for p in package.rglob("*.py")):
+        h.update(rel.encode("utf-8") + b"\0")
+        h.update((package / rel).read_bytes())
     return h.hexdigest()
 
 
@@ -960,7 +963,7 @@ def _manifest(groups: dict[str, dict], files: dict[str, dict]) -> dict:
     l3 = groups["minilm-l3"]["info"]
     return {
         "kit_version": KIT_VERSION,
-        "generator": "road_ds.data_kit",
+        "generator": "road_ds.kit",
         "code_sha256": code_sha256(),
         "archives": {k: {"package": a.package, "version": a.version, "filename": a.filename,
                          "sha256": a.sha256, "kind": a.kind} for k, a in ARCHIVES.items()},

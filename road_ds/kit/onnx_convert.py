@@ -312,7 +312,7 @@ def compare_with_onnxruntime(
 
     Returns ``max_abs_diff`` over the real (unpadded) tokens, ``max_abs_diff_all`` over every
     position, and ``passed`` (``max_abs_diff <= tolerance``). Raises nothing on a mismatch: the
-    caller decides; ``data_kit`` fails the fetch.
+    caller decides; ``road_ds.kit`` fails the fetch.
     """
     import torch
     from transformers import AutoModel, AutoTokenizer
