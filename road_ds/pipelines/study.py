@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from road_ds.atomic import write_json
 from road_ds.errors import DataError
-from road_ds.runs import REPO, Step, ensemble_scores, row_values, run_steps
+from road_ds.pipelines.runs import REPO, Step, ensemble_scores, row_values, run_steps
 
 READING = re.compile(r"<!-- reading -->.*?<!-- /reading -->", re.S)
 
@@ -358,7 +358,7 @@ def write_results(path: Path, plan: StudyPlan, plan_path: Path, recipe: str, out
     kept = READING.search(old)
     reading = kept.group(0) if kept else "<!-- reading -->\n(to be written after reading the tables)\n<!-- /reading -->"
     rel = lambda p: os.path.relpath(p, REPO)  # noqa: E731
-    cmd = f"python -m road_ds.study --plan {rel(plan_path)} --out {rel(out)} --results {rel(path)} --jobs {jobs}"
+    cmd = f"python -m road_ds.pipelines.study --plan {rel(plan_path)} --out {rel(out)} --results {rel(path)} --jobs {jobs}"
     show = lambda name: " ".join(rel(c) if c.startswith(str(REPO)) else c for c in next(s.cmd for s in steps if s.name == name))  # noqa: E731
     examples = [s.name for s in steps if s.name in ("mtl", "teacher-s0", "store-s0", "l3-wkd-s0")]
     machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; torch {torch.__version__}, "
@@ -421,7 +421,7 @@ Each step is a plain command (logs in `{rel(out)}/logs/`); for example:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="road_ds.study", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="road_ds.pipelines.study", description=__doc__.split("\n")[0])
     p.add_argument("--plan", default="recipes/study/runs.yaml")
     p.add_argument("--out", default="outputs/study")
     p.add_argument("--results", default="docs/results.md")
@@ -451,7 +451,7 @@ def main(argv=None) -> int:
                 for split in (d.train_split, d.eval_split):
                     build_features(r, d.name, split, tokenizer=tok, log=log)
     except DataError as e:
-        print(f"road_ds.study: error: {e}", file=sys.stderr)
+        print(f"road_ds.pipelines.study: error: {e}", file=sys.stderr)
         return 2
     elapsed_file = out / "logs" / "elapsed_s.json"  # summed over invocations, so a resumed study reports its whole time
     before = json.loads(elapsed_file.read_text())["elapsed_s"] if elapsed_file.exists() else 0.0
