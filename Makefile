@@ -27,7 +27,7 @@ kit: venv
 
 # The whole pipeline on the real data kit: 3 teachers, their stores, a student with and without WKD.
 demo: kit
-	$(PY) -m road_ds.demo --out $(DEMO_OUT)
+	$(PY) -m road_ds.pipelines.demo --out $(DEMO_OUT)
 
 # The linter first (pyproject.toml's [tool.ruff]); real-data tests need the kit: fetch it first, and make
 # them fail (not skip) without it.
@@ -44,7 +44,7 @@ bench: kit
 # The quality study (recipes/study/runs.yaml → docs/results.md); a rerun skips finished runs.
 STUDY_JOBS ?= 2
 study: kit
-	$(PY) -m road_ds.study --plan recipes/study/runs.yaml --out outputs/study --results docs/results.md --jobs $(STUDY_JOBS)
+	$(PY) -m road_ds.pipelines.study --plan recipes/study/runs.yaml --out outputs/study --results docs/results.md --jobs $(STUDY_JOBS)
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

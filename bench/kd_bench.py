@@ -37,8 +37,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from road_ds.atomic import write_text  # noqa: E402
+from road_ds.pipelines.runs import deepspeed_cmd  # noqa: E402
 from road_ds.recipe import cache_root  # noqa: E402
-from road_ds.runs import deepspeed_cmd  # noqa: E402
 
 PASSES = 4  # micro-batches per optimizer step
 

@@ -79,7 +79,7 @@ def _write_oracle(ft, out_dir) -> None:
 # Jobs with a parser of their own: `road-ds X ARGS...` hands ARGS to X's main untouched, so
 # `road-ds X --help` shows X's options and option-first lines (`road-ds train --recipe R`) parse.
 JOBS = {
-    "data": ("road_ds.data_kit", "the real data kit: `road-ds data fetch` downloads and prepares it"),
+    "data": ("road_ds.kit", "the real data kit: `road-ds data fetch` downloads and prepares it"),
     "precompute": ("road_ds.precompute", "offline teacher pass: top-k teacher logits into a teacher store"),
     "train": ("road_ds.train", "train a multi-task student (or a teacher) on DeepSpeed: road-ds train --recipe R --output-dir D"),
     "evaluate": ("road_ds.evaluate", "score an export or a run on a recipe's datasets; writes metrics and SQuAD-format predictions"),

