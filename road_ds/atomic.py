@@ -80,13 +80,14 @@ def _fsync_tree(p: Path) -> None:
 
 
 def is_disk_full(e: BaseException, path: str | Path | None = None) -> bool:
-    """ENOSPC, also as Arrow raises it (without errno, the reason in its text). torch.save says only
-    "file write failed": that counts as a full disk when `path`'s file system has next to nothing free."""
+    """ENOSPC, also as Arrow raises it (without errno, the reason in its text). torch.save gives no
+    reason at all ("file write failed", "iostream error", "unexpected pos"): a failed write counts as
+    a full disk when `path`'s file system has next to nothing free (checked before cleaning up)."""
     if isinstance(e, OSError) and e.errno == errno.ENOSPC:
         return True
     if isinstance(e, (OSError, RuntimeError)) and "No space left" in str(e):
         return True
-    if isinstance(e, RuntimeError) and "file write failed" in str(e) and path is not None:
+    if isinstance(e, (OSError, RuntimeError)) and path is not None:
         try:
             return shutil.disk_usage(Path(path)).free < NEARLY_FULL
         except OSError:
@@ -181,8 +182,9 @@ def publishing(final: str | Path, replace: bool = False, complete: str | None = 
         yield tmp
         publish_dir(tmp, final, replace=replace, complete=complete)
     except BaseException as e:
+        full = is_disk_full(e, final.parent)
         _remove(tmp)
-        if is_disk_full(e, final.parent):
+        if full:
             raise disk_full(final, None, e) from None
         raise
 

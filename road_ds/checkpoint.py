@@ -98,12 +98,13 @@ def save(engine, ckpt_dir: Path, step: int, rank: int, client: dict) -> None:
     # `latest` moves to this tag only after everything in it is complete
     buf = io.BytesIO()
     torch.save(state, buf)
-    write_bytes(ckpt_dir / t / f"rng-rank{rank:05d}.pt", buf.getvalue())
     try:
+        write_bytes(ckpt_dir / t / f"rng-rank{rank:05d}.pt", buf.getvalue())
         engine.save_checkpoint(str(ckpt_dir), tag=t, client_state=client)
-    except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
-        if is_disk_full(e, ckpt_dir):
-            shutil.rmtree(ckpt_dir / t, ignore_errors=True)  # `latest` still names the last complete tag
+    except BaseException as e:
+        full = not isinstance(e, DataError) and is_disk_full(e, ckpt_dir)  # before the space is freed again
+        shutil.rmtree(ckpt_dir / t, ignore_errors=True)  # no half checkpoint: `latest` still names the last complete tag
+        if full:
             raise disk_full(ckpt_dir / t, None, e) from None
         raise
     set_rng_state(state)  # saving may draw random numbers

@@ -108,6 +108,13 @@ def _checked_gold(gold: torch.Tensor, support: torch.Tensor, row_ok: torch.Tenso
     return labeled, safe_gold.clamp(0, S - 1).unsqueeze(1)
 
 
+def _annealed_ce(p: torch.Tensor, logq: torch.Tensor, safe_gold: torch.Tensor, labeled: torch.Tensor, lam: float) -> torch.Tensor:
+    """BAM's per-row soft cross-entropy against lam * onehot(gold) + (1 - lam) * p (p alone without gold)."""
+    onehot = torch.zeros_like(p).scatter_(1, safe_gold, 1.0)
+    mix = torch.where(labeled.unsqueeze(1), lam * onehot + (1.0 - lam) * p, p)
+    return -(mix * logq).sum(-1)
+
+
 def kd_loss(
     student_logits: torch.Tensor,
     gold: torch.Tensor,
@@ -182,10 +189,7 @@ def kd_loss(
     logq = _masked_log_softmax(s, support, T)
 
     if method == "anneal":
-        onehot = torch.zeros_like(p).scatter_(1, safe_gold, 1.0)
-        mix = torch.where(labeled.unsqueeze(1), lam * onehot + (1.0 - lam) * p, p)
-        kd_rows = -(mix * logq).sum(-1)
-        kd = scale * batch_mean(kd_rows, kd_rows_ok)
+        kd = scale * batch_mean(_annealed_ce(p, logq, safe_gold, labeled, lam), kd_rows_ok)
         return kd, {"ce": ce.detach(), "kd": kd.detach()}
 
     # KL(p || q) = sum p (log p - log q); where p = 0 both log-probs are finite (0 outside the

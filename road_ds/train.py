@@ -152,10 +152,9 @@ def train_step(engine, it, recipe: Recipe, tables: dict, step: int, device, teac
     return micros, wait
 
 
-
 @dataclass
 class Run:
-    """One training run: what `setup` built and `fit` advances. Rank-local where it says so."""
+    """One training run on this rank: what `setup` built and `fit` advances."""
 
     args: argparse.Namespace
     recipe: Recipe

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from road_ds.atomic import write_text
+from road_ds.atomic import disk_full, is_disk_full, write_text
 from road_ds.dist import all_reduce_sum
 
 COLS = ("loss", "ce", "kd", "weight", "enc_grad", "cls_cos")  # per dataset and micro-batch
@@ -39,8 +39,13 @@ class Logger:
     def log(self, step: int, values: dict) -> None:
         if not self.enabled:
             return
-        with open(self.path, "a") as fh:
-            fh.write(json.dumps({"step": step, **values}) + "\n")
+        try:
+            with open(self.path, "a") as fh:
+                fh.write(json.dumps({"step": step, **values}) + "\n")
+        except OSError as e:
+            if is_disk_full(e):
+                raise disk_full(self.path, None, e) from None
+            raise
         for k, v in values.items():
             if isinstance(v, (int, float)):
                 self.tb.add_scalar(k, v, step)

@@ -164,3 +164,32 @@ def test_classification_pairs_and_multiprocess_equal(tmp_path, tiny_tokenizer_di
     assert r0["token_type_ids"][-2:] == [1, 1] and r0["label"] == 0
     assert max(len(x) for x in one.table["input_ids"]) == 24
     assert one.table["label"][:3] == [0, 1, 1]
+
+
+def test_a_full_disk_under_the_feature_cache_is_named_and_leaves_no_temporary(tmp_path, tiny_tokenizer_dir, cache_dir):
+    """A features build on a 256 KiB file system: a DataError naming the feature folder, nothing half
+    written left in the cache; with room again the same build completes."""
+    import os
+    import subprocess
+
+    from road_ds.errors import DataError
+
+    rows = [{"id": f"r{i}", "t": f"the king of france was here in year {i} " * 2, "y": "yes" if i % 3 else "no"} for i in range(4000)]
+    write_jsonl(tmp_path / "p.jsonl", rows)
+    ds = {"name": "p", "task": "classification", "head": "yn", "labels": ["no", "yes"], "format": "jsonl",
+          "columns": {"text_a": "t", "label": "y"}, "files": {"train": "p.jsonl"}}
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here")
+    try:
+        recipe = load_recipe(write_recipe(tmp_path / "a.yaml", tiny_tokenizer_dir, [ds], max_seq_length=32, cache_dir=str(disk)))
+        with pytest.raises(DataError) as e:
+            build_features(recipe, "p", "train")
+        assert "no space left" in str(e.value) and str(disk / "p") in str(e.value)
+        assert [p for p in disk.rglob("*") if p.is_file()] == []  # no half folder, no temporary
+        subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
+        ft = build_features(recipe, "p", "train")
+        assert len(ft) == 4000 and not ft.cache_hit
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)

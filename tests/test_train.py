@@ -332,6 +332,48 @@ def test_a_damaged_shard_mid_run_ends_the_run_with_one_line_and_no_process_left(
 
 
 
+def _mount_tmpfs(path: Path, size: int) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here")
+
+
+@pytest.mark.slow
+def test_a_full_disk_at_a_checkpoint_ends_the_run_named_and_the_rerun_resumes(world, tmp_path):
+    """The checkpoints on a file system with room for one: the second save meets a full disk. The run
+    exits 2 within seconds with one line naming the checkpoint, leaves no half checkpoint, temporary
+    or process, and `latest` names the first; with room again the rerun resumes from it and finishes."""
+    d, tok, stores = world
+    r = yaml.safe_load((d / "kd.yaml").read_text())
+    r["train"]["max_steps"] = 12
+    (d / "full.yaml").write_text(yaml.safe_dump(r))
+    ref = tmp_path / "ref"
+    finish(launch(d, ref, 2, None, "--set", "train.max_steps=4", recipe="full.yaml", ranks=1))
+    one = sum(f.stat().st_size for f in (ref / "checkpoints" / "step-00000004").rglob("*") if f.is_file())
+    out = tmp_path / "run"
+    ckpt = out / "checkpoints"
+    _mount_tmpfs(ckpt, one * 3 // 2)
+    try:
+        t0 = time.time()
+        p = launch(d, out, 2, None, recipe="full.yaml", ranks=1)
+        text = output(p, 180)
+        assert p.returncode == 2 and time.time() - t0 < 120, text[-3000:]
+        lines = [line for line in text.splitlines() if "no space left" in line]
+        assert lines and str(ckpt / "step-00000008") in lines[0] and "error:" in lines[0], text[-3000:]
+        assert "Traceback" not in text, text[-3000:]
+        with pytest.raises(ProcessLookupError):
+            os.killpg(p.pid, 0)
+        assert (ckpt / "latest").read_text().strip() == "step-00000004"
+        assert sorted(x.name for x in ckpt.glob("step-*")) == ["step-00000004"]  # no half checkpoint
+        assert not [x for x in out.rglob("*") if ".tmp-" in x.name]
+        subprocess.run(["mount", "-o", f"remount,size={16 * one}", str(ckpt)], check=True)
+        text = finish(launch(d, out, 2, None, recipe="full.yaml", ranks=1))
+        assert "resumed from" in text and "at step 4" in text, text[-3000:]
+        assert (out / "eval_results.json").exists() and sorted(losses(out)) == list(range(1, 13))
+    finally:
+        subprocess.run(["umount", "-l", str(ckpt)], check=False)
+
+
 def test_a_second_sigterm_while_the_checkpoint_is_pending_ends_the_run_at_once():
     from road_ds.train import StopFlag
 
