@@ -3,9 +3,11 @@
     python bench/kd_bench.py [--out docs/bench_kd.md]                       # CPU: MiniLM-L3 student, L6 teachers
     python bench/kd_bench.py --student electra-base --teacher electra-large  # GPU (bench/gpu.sh)
 
-Every variant runs the trainer's own step (`road_ds.train.train_step`: the MTL schedule's
-micro-batches from the DataLoader, forward, loss, backward, DeepSpeed step) on the same student,
-data, batch and steps, in its own process (so peak memory is its own):
+Every variant builds its student with the trainer's own `road_ds.train.setup` (features, stores
+checked, engine with the recipe's param groups and LR schedule, task balance, loader) and runs the
+trainer's own step (`road_ds.train.train_step`: the MTL schedule's micro-batches from the
+DataLoader, forward, loss, backward, DeepSpeed step) on the same student, data, batch and steps, in
+its own process (so peak memory is its own):
   (a) no KD; (b) offline KD, M teachers' targets gathered from stores by the DataLoader workers;
   (c) online KD, M teachers resident in the training process, run forward on every micro-batch.
 Variants are interleaved over rounds and the median step time of each is kept. Separate processes
