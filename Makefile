@@ -11,7 +11,7 @@ DEMO_OUT ?= outputs/demo
 # lock of a build that was killed).
 export TORCH_EXTENSIONS_DIR ?= $(abspath $(VENV))/torch_extensions
 
-.PHONY: venv demo test kit bench study clean
+.PHONY: venv demo test kit bench bench-peer study clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,12 @@ test: kit
 bench: kit
 	$(PY) bench/kd_bench.py --out docs/bench_kd.md
 	$(PY) bench/store_bench.py --out docs/bench_store.md
+
+# road_ds against the Hugging Face Trainer and the examples' QA code (run_qa.py, utils_qa.py), which it
+# loads from a transformers checkout: HF_EXAMPLES=<clone>/examples/pytorch/question-answering make bench-peer
+bench-peer: kit
+	$(PY) -m pip install -q -e '.[bench]'
+	$(PY) bench/peer_bench.py --out docs/bench_peer.md $(if $(HF_EXAMPLES),--hf-examples $(HF_EXAMPLES),)
 
 # The quality study (recipes/study/runs.yaml → docs/results.md); a rerun skips finished runs.
 STUDY_JOBS ?= 2

@@ -32,6 +32,41 @@ def _pad(values: np.ndarray, offsets: np.ndarray, rows: np.ndarray, width: int, 
     return out
 
 
+def arrow_column(rows, name: str):
+    """The Arrow column behind a ``datasets.Dataset`` without an index mapping, else None."""
+    table = getattr(getattr(rows, "data", None), "table", None)
+    if table is None or getattr(rows, "_indices", None) is not None or name not in table.column_names:
+        return None
+    return table.column(name)
+
+
+def column(rows, name: str) -> list:
+    """A column as a list: of a ``datasets.Dataset`` in one Arrow read (datasets 5 reads
+    ``ds[name]`` row by row), or of a sequence of dicts."""
+    col = arrow_column(rows, name)
+    if col is not None:
+        return col.to_pylist()
+    if hasattr(rows, "column_names"):
+        return list(rows[name])
+    return [r[name] for r in rows]
+
+
+def offset_pairs(rows) -> list | None:
+    """Each row's `offset_mapping` as an (L, 2) int64 view of the Arrow column, or None where the
+    column is not plain pairs (HF's None entries, an index mapping): the caller reads rows then."""
+    import pyarrow.compute as pc
+
+    col = arrow_column(rows, "offset_mapping")
+    if col is None:
+        return None
+    arr = col.combine_chunks()
+    inner = arr.flatten()
+    if arr.null_count or inner.null_count or pc.all(pc.equal(pc.list_value_length(inner), 2)).as_py() is False:
+        return None
+    pairs, row = _ragged(arr, inner=2)
+    return [pairs[row[i]:row[i + 1]] for i in range(len(arr))]
+
+
 def lengths(table: pa.Table) -> np.ndarray:
     return np.diff(_ragged(table.column("input_ids"))[1])
 

@@ -18,6 +18,7 @@ import datasets
 import numpy as np
 
 from road_ds.atomic import file_hash, publishing
+from road_ds.batching import column, offset_pairs
 from road_ds.errors import DataError
 from road_ds.readers import read_split
 from road_ds.recipe import DatasetSpec, FeatureParams, Recipe, cache_root
@@ -162,7 +163,8 @@ def _span_batch(batch, tokenizer, params: FeatureParams, name: str, split: str):
         if ids[0] != tokenizer.cls_token_id:
             raise DataError(tokenizer.name_or_path, "the tokenizer does not put its [CLS] token first; the no-answer position must be index 0")
         seq = enc.sequence_ids(i)
-        ctx = [list(o) if s == 1 else NO_OFFSET for o, s in zip(offsets, seq)]
+        in_ctx = np.fromiter((s == 1 for s in seq), dtype=bool, count=len(seq))
+        ctx = np.where(in_ctx[:, None], np.asarray(offsets, dtype=np.int64).reshape(-1, 2), NO_OFFSET).tolist()
         start = end = 0  # [CLS]: no answer, or the answer is not inside this window
         answers = batch["answers"][ex]
         if answers["text"]:
@@ -238,28 +240,30 @@ def span_stats(table: datasets.Dataset, examples: datasets.Dataset) -> dict:
     An answerable example passes when some window's (start, end) decodes to its first gold answer
     (without surrounding white space). Misses are listed, not hidden.
     """
-    by_example: dict[str, list] = {}
-    cols = table.select_columns(["example_id", "offset_mapping", "start_positions", "end_positions"])
-    for row in cols:
-        by_example.setdefault(row["example_id"], []).append(row)
+    pairs = offset_pairs(table)
+    offsets = pairs if pairs is not None else column(table, "offset_mapping")
+    starts, ends = column(table, "start_positions"), column(table, "end_positions")
+    by_example: dict[str, list[int]] = {}
+    for f, eid in enumerate(column(table, "example_id")):
+        by_example.setdefault(eid, []).append(f)
     answerable, ok, misses = 0, 0, []
-    for ex in examples:
-        if not ex["answers"]["text"]:
+    for eid, answers, context in zip(column(examples, "id"), column(examples, "answers"), column(examples, "context")):
+        if not answers["text"]:
             continue
         answerable += 1
-        gold = ex["answers"]["text"][0].strip()
+        gold = answers["text"][0].strip()
         decoded = None
-        for row in by_example.get(ex["id"], []):
-            s, e = row["start_positions"], row["end_positions"]
+        for f in by_example.get(eid, []):
+            s, e = starts[f], ends[f]
             if s == 0 and e == 0:
                 continue
-            decoded = ex["context"][row["offset_mapping"][s][0] : row["offset_mapping"][e][1]]
+            decoded = context[int(offsets[f][s][0]) : int(offsets[f][e][1])]
             if decoded == gold:
                 break
         if decoded == gold:
             ok += 1
         else:
-            misses.append({"id": ex["id"], "gold": gold, "decoded": decoded})
+            misses.append({"id": eid, "gold": gold, "decoded": decoded})
     return {
         "examples": len(examples),
         "answerable": answerable,

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from road_ds.batching import column, offset_pairs
 from road_ds.errors import DataError
 
 
@@ -26,13 +27,6 @@ class QAPredictions:
     nbest: dict = field(default_factory=dict)        # qid -> [{text, start_logit, end_logit, score, probability}]
     score_diffs: dict = field(default_factory=dict)  # v2 only: qid -> null score - best span score
     best_spans: dict = field(default_factory=dict)   # qid -> best non-null text (for threshold search)
-
-
-def _column(rows, name: str) -> list:
-    """A column of a ``datasets.Dataset`` (one columnar read) or of a sequence of dicts."""
-    if hasattr(rows, "column_names"):
-        return list(rows[name])
-    return [r[name] for r in rows]
 
 
 def _offsets(mapping) -> np.ndarray:
@@ -74,10 +68,12 @@ def postprocess_qa_predictions(examples, features, start_logits, end_logits, *,
     positions past a feature's ``offset_mapping`` are padding and never considered.
     An example with no valid span (or no feature) gets "" and na-prob 1.0.
     """
-    example_ids = [str(i) for i in _column(examples, "id")]
-    contexts = _column(examples, "context")
-    feat_example_ids = _column(features, "example_id")
-    offset_maps = _column(features, "offset_mapping")
+    example_ids = [str(i) for i in column(examples, "id")]
+    contexts = column(examples, "context")
+    feat_example_ids = column(features, "example_id")
+    offset_maps = offset_pairs(features)
+    if offset_maps is None:
+        offset_maps = column(features, "offset_mapping")
     if len(start_logits) != len(offset_maps) or len(end_logits) != len(offset_maps):
         raise ValueError(f"got {len(start_logits)} start / {len(end_logits)} end logit rows "
                          f"for {len(offset_maps)} features")

@@ -230,6 +230,11 @@ def test_padded_2d_equals_list_and_dataset_equals_dicts():
         ds = decode(datasets.Dataset.from_list(examples), datasets.Dataset.from_list(features),
                     starts, ends, version_2_with_negative=v2)
         assert ds == ref
+        # HF's layout (None outside the context) and an index-mapped dataset take the row path: the same answers
+        hf = [{**f, "offset_mapping": [None if o[0] < 0 else o for o in f["offset_mapping"]]} for f in features]
+        assert decode(examples, datasets.Dataset.from_list(hf), starts, ends, version_2_with_negative=v2) == ref
+        mapped = datasets.Dataset.from_list(features[::-1]).select(range(len(features) - 1, -1, -1))
+        assert decode(examples, mapped, starts, ends, version_2_with_negative=v2) == ref
 
 
 def test_bad_inputs():

@@ -1,0 +1,501 @@
+"""road_ds against the Hugging Face Trainer on the same QA fine-tune, each run as its users run it.
+
+    python bench/peer_train.py --out RESULT.json [--steps N] [--learn-steps N] [--ranks 1 2] [--work DIR]
+
+Single-task extractive QA on the kit's SQuAD v1.1 slice, MiniLM-L6, max length 192, stride 64,
+fp32; the same micro-batch, gradient accumulation, AdamW (lr, weight decay, betas, eps), warm-up +
+linear decay, gradient clipping and seed on both sides. Every variant runs in its own process (so
+its peak memory is its own); this process prepares the work dir and collects their JSON.
+
+  train:   road_ds: the trainer's own `setup` and `train_step` (ZeRO-2; 2 ranks: the deepspeed launcher);
+           HF: `Trainer.train()` on the same feature rows (DeepSpeed ZeRO-2 where the Trainer runs it, else DDP/gloo).
+  learning: road_ds's full `fit` (its eval_results.json) against `Trainer.train()`, both scored by
+           road_ds.evaluate.evaluate_split on the same dev features (the HF model wrapped as the forward callable).
+  distill: road_ds offline KD from M stores against the usual online-KD `Trainer` subclass with M resident teachers.
+  predict: road_ds's precompute (top-k 8, float16) against `Trainer.predict` + `np.save` of float32 logits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from kd_bench import status_mb, timed_step  # noqa: E402
+
+from road_ds.pipelines.runs import deepspeed_cmd  # noqa: E402
+from road_ds.recipe import cache_root  # noqa: E402
+
+DATASET = "squad"
+KD_TEMPERATURE, KD_ALPHA = 2.0, 0.5
+ZERO2 = REPO / "ds_configs" / "zero2.json"
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def student_recipe(work: Path, kit: Path, args) -> dict:
+    return {
+        "model": {"name_or_path": str(kit / "models" / "minilm-l6"), "tokenizer": str(kit / "models" / "minilm-l6")},
+        "features": {"max_seq_length": 192, "doc_stride": 64, "max_query_length": 48, "cache_dir": str(work / "features")},
+        "datasets": [{"name": DATASET, "task": "extractive_qa", "format": "squad_json",
+                      "files": {"train": str(kit / "squad" / "train.json"), "dev": str(kit / "squad" / "dev.json")},
+                      "answer_start": "nearest", "limit": {"train": args.train_rows, "dev": args.dev_rows}}],
+        "train": {"micro_batch_size": args.micro_batch, "lr": args.lr, "weight_decay": 0.01, "betas": [0.9, 0.999], "eps": 1e-6,
+                  "warmup_steps": args.learn_steps // 10, "grad_clip": 1.0, "seed": 0, "num_workers": 1, "log_every": 10,
+                  "save_every": 100000, "keep_checkpoints": 0, "eval_every": 0, "eval_batch_size": 64},
+        "mtl": {"passes": args.accum},
+    }
+
+
+def load(work: Path, split: str = "train"):
+    """The recipe, tokenizer and one split's features (from the cache `prepare` filled)."""
+    from road_ds.features import build_features, load_tokenizer
+    from road_ds.recipe import load_recipe
+
+    recipe = load_recipe(work / "student.yaml")
+    tok = load_tokenizer(recipe.model.tokenizer_path)
+    return recipe, tok, build_features(recipe, DATASET, split, tokenizer=tok)
+
+
+def hf_dataset(ft, labels: bool = True):
+    """road_ds's feature rows as the `datasets.Dataset` an HF user feeds the Trainer."""
+    cols = ["input_ids", "token_type_ids"] + (["start_positions", "end_positions"] if labels else [])
+    ds = ft.table.select_columns(cols)
+    return ds.map(lambda b: {"attention_mask": [[1] * len(x) for x in b["input_ids"]]}, batched=True)
+
+
+def teacher_hf_dir(work: Path) -> Path:
+    from road_ds.model import EXPORT_INDEX
+
+    index = json.loads((work / "teacher" / EXPORT_INDEX).read_text())["heads"]
+    return work / "teacher" / next(iter(index.values()))["dir"]
+
+
+# ---------------------------------------------------------------------------- road_ds variants (their own processes)
+
+
+def road_setup(args, sets: list[str]):
+    from road_ds.train import parse_args
+    from road_ds.train import setup as trainer_setup
+
+    work = Path(args.work)
+    out = work / "runs" / Path(args.result).stem
+    return trainer_setup(parse_args(["--recipe", str(work / "student.yaml"), "--output-dir", str(out), "--deepspeed", str(ZERO2),
+                                     *(x for s in [*sets, f"train.max_steps={args.warmup + args.steps}"] for x in ("--set", s))]))
+
+
+def road_train(args) -> None:
+    """The trainer's own step, timed (kd_bench's way); with --teachers M: offline KD from M stores."""
+    import torch.distributed as dist
+
+    m = args.teachers
+    sets = ["kd.teachers=" + json.dumps([str(Path(args.work) / f"store{i}") for i in range(m)]), "kd.combine=wkd",
+            f"kd.temperature={KD_TEMPERATURE}", f"kd.alpha={KD_ALPHA}"] if m else []
+    run = road_setup(args, sets)
+    rss0 = status_mb("VmRSS")
+    times = []
+    for step in range(run.recipe.train.max_steps):
+        seconds, _, _ = timed_step(run.engine, (run.balancer, run.probe), run.loader, run.recipe, run.tables, step, run.device)
+        if step >= args.warmup:
+            times.append(seconds)
+    if run.rank == 0:
+        step_s = statistics.median(times)
+        rows = args.micro_batch * args.accum * run.world
+        Path(args.result).write_text(json.dumps({"step_s": step_s, "samples_per_s": rows / step_s, "peak_rss_mb": peak_rss_mb(),
+                                                 "rss_growth_mb": peak_rss_mb() - rss0, "steps": times}))
+    dist.barrier()
+    run.close()
+
+
+def road_predict(args) -> None:
+    """road_ds's offline teacher pass over the train features: the store on disk per feature."""
+    from road_ds.precompute import main as precompute
+
+    work = Path(args.work)
+    _, _, ft = load(work)
+    t0 = time.perf_counter()
+    rc = precompute([str(work / "student.yaml"), "--teacher", str(work / "teacher"), "--out", str(work / "store0"),
+                     "--split", "train", "--top-k", "8", "--dtype", "float16"])
+    seconds = time.perf_counter() - t0
+    assert rc == 0, f"precompute failed: {rc}"
+    size = sum(p.stat().st_size for p in (work / "store0").rglob("*") if p.is_file())
+    Path(args.result).write_text(json.dumps({"seconds": seconds, "features": len(ft), "rows_per_s": len(ft) / seconds,
+                                             "bytes_per_feature": size / len(ft), "store_bytes": size, "peak_rss_mb": peak_rss_mb()}))
+
+
+# ---------------------------------------------------------------------------- HF variants (their own processes)
+
+
+def training_args(args, out: Path, max_steps: int, warmup: int, deepspeed: dict | None):
+    from transformers import TrainingArguments
+
+    kw = {"deepspeed": deepspeed} if deepspeed else {}
+    return TrainingArguments(
+        output_dir=str(out), per_device_train_batch_size=args.micro_batch, gradient_accumulation_steps=args.accum,
+        learning_rate=args.lr, weight_decay=0.01, adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-6, max_grad_norm=1.0,
+        lr_scheduler_type="linear", warmup_steps=warmup, max_steps=max_steps, seed=0, logging_steps=10, save_strategy="no",
+        report_to=[], dataloader_num_workers=1, use_cpu=not torch.cuda.is_available(), per_device_eval_batch_size=64,
+        disable_tqdm=True, ddp_backend="gloo" if not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", 1)) > 1 else None, **kw)
+
+
+def hf_ds_config() -> dict:
+    """ZeRO-2 as an HF user writes it for the Trainer: the batch and optimizer fields left to "auto"."""
+    return {"train_batch_size": "auto", "train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
+            "gradient_clipping": "auto", "optimizer": {"type": "AdamW", "params": {"lr": "auto", "betas": "auto", "eps": "auto",
+                                                                                   "weight_decay": "auto", "torch_adam": True}},
+            "scheduler": {"type": "WarmupDecayLR", "params": {"warmup_min_lr": 0, "warmup_max_lr": "auto", "warmup_num_steps": "auto",
+                                                             "total_num_steps": "auto"}},
+            "zero_optimization": {"stage": 2, "overlap_comm": False, "contiguous_gradients": True, "reduce_scatter": True}}
+
+
+def step_timer(rows: int, warmup: int):
+    """A TrainerCallback timing each optimizer step end to end (on_step_end to on_step_end: the batch
+    fetch, forward, backward, optimizer and scheduler, as road_ds's timed step), and RSS once set up."""
+    from transformers import TrainerCallback
+
+    class StepTimer(TrainerCallback):
+        def __init__(self):
+            self.rss0, self.last, self.times, self.inner, self.t_begin = None, None, [], [], None
+
+        def on_train_begin(self, *a, **kw):
+            self.rss0 = status_mb("VmRSS")
+            self.last = time.perf_counter()
+
+        def on_step_begin(self, *a, **kw):
+            self.t_begin = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            now = time.perf_counter()
+            if state.global_step > warmup:
+                self.times.append(now - self.last)
+                self.inner.append(now - self.t_begin)
+            self.last = now
+
+        def result(self) -> dict:
+            step_s = statistics.median(self.times)
+            return {"step_s": step_s, "step_s_begin_to_end": statistics.median(self.inner), "samples_per_s": rows / step_s,
+                    "peak_rss_mb": peak_rss_mb(), "rss_growth_mb": peak_rss_mb() - self.rss0, "steps": self.times}
+
+    return StepTimer()
+
+
+def kd_trainer_class():
+    """The usual online-distillation Trainer subclass: M resident teachers forward (no grad) every
+    step, KL at temperature T on the start/end distributions added to the student's CE."""
+    import torch.nn.functional as F
+    from transformers import Trainer
+
+    class DistillTrainer(Trainer):
+        def __init__(self, *a, teachers=(), temperature=KD_TEMPERATURE, alpha=KD_ALPHA, **kw):
+            super().__init__(*a, **kw)
+            self.teachers, self.temperature, self.alpha = list(teachers), temperature, alpha
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            out = model(**inputs)
+            x = {k: inputs[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+            with torch.no_grad():
+                touts = [t(**x) for t in self.teachers]
+            pad = inputs["attention_mask"] == 0
+            T, kd = self.temperature, 0.0
+            for name in ("start_logits", "end_logits"):
+                s = getattr(out, name).masked_fill(pad, -1e4)
+                p = torch.stack([torch.softmax(getattr(o, name).masked_fill(pad, -1e4) / T, -1) for o in touts]).mean(0)
+                kd = kd + F.kl_div(torch.log_softmax(s / T, -1), p, reduction="batchmean") * T * T / 2
+            loss = self.alpha * out.loss + (1 - self.alpha) * kd
+            return (loss, out) if return_outputs else loss
+
+    return DistillTrainer
+
+
+def hf_trainer(args, max_steps: int, warmup: int, deepspeed: dict | None, callbacks=(), teachers: int = 0):
+    from transformers import AutoModelForQuestionAnswering, DataCollatorWithPadding, Trainer, set_seed
+
+    work = Path(args.work)
+    recipe, tok, ft = load(work)
+    set_seed(0)
+    model = AutoModelForQuestionAnswering.from_pretrained(recipe.model.name_or_path)
+    kw, cls = {}, Trainer
+    if teachers:
+        t = AutoModelForQuestionAnswering.from_pretrained(str(teacher_hf_dir(work))).eval()
+        kw, cls = {"teachers": [t] + [AutoModelForQuestionAnswering.from_pretrained(str(teacher_hf_dir(work))).eval() for _ in range(teachers - 1)]}, kd_trainer_class()
+    targs = training_args(args, work / "hf-runs" / Path(args.result).stem, max_steps, warmup, deepspeed)
+    trainer = cls(model=model, args=targs, train_dataset=hf_dataset(ft), data_collator=DataCollatorWithPadding(tok), callbacks=list(callbacks), **kw)
+    return trainer, recipe, tok
+
+
+def hf_train(args) -> None:
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    timer = step_timer(args.micro_batch * args.accum * world, args.warmup)
+    trainer, *_ = hf_trainer(args, args.warmup + args.steps, args.learn_steps // 10, hf_ds_config() if args.hf_deepspeed else None, [timer], teachers=args.teachers)
+    trainer.train()
+    if trainer.args.process_index == 0:
+        ran = {"deepspeed_enabled": trainer.is_deepspeed_enabled, "world_size": trainer.args.world_size, "wrapped": type(trainer.model_wrapped).__name__,
+               "optimizer": type(getattr(trainer.optimizer, "optimizer", trainer.optimizer)).__name__}
+        Path(args.result).write_text(json.dumps(timer.result() | ran))
+
+
+def hf_learn(args) -> None:
+    """Trainer.train() for --learn-steps, then road_ds's own scoring of the HF model's logits on the dev features."""
+    from road_ds.evaluate import evaluate_split
+
+    trainer, recipe, tok = hf_trainer(args, args.learn_steps, args.learn_steps // 10, None)
+    t0 = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - t0
+    model = trainer.model.eval()
+    _, _, dev = load(Path(args.work), "dev")
+
+    def forward(head, **kw):
+        o = model(**kw)
+        return {"start": o.start_logits, "end": o.end_logits}
+
+    r = evaluate_split(forward, dev, 0, 1, 64, tok.pad_token_id or 0, torch.device("cpu"), n_best_size=recipe.train.n_best_size,
+                       max_answer_length=recipe.train.max_answer_length)
+    Path(args.result).write_text(json.dumps({"f1": r["f1"], "exact": r["exact"], "train_s": seconds}))
+
+
+def hf_predict(args) -> None:
+    """Teacher logits the way a Trainer user dumps them: Trainer.predict, start+end logits as float32 .npy."""
+    import numpy as np
+    from transformers import AutoModelForQuestionAnswering, DataCollatorWithPadding, Trainer
+
+    work = Path(args.work)
+    _, tok, ft = load(work)
+    ds = hf_dataset(ft, labels=False)
+    t0 = time.perf_counter()
+    model = AutoModelForQuestionAnswering.from_pretrained(str(teacher_hf_dir(work)))
+    trainer = Trainer(model=model, args=training_args(args, work / "hf-predict", 1, 0, None), data_collator=DataCollatorWithPadding(tok))
+    start, end = trainer.predict(ds).predictions
+    out = work / "hf-logits"
+    out.mkdir(exist_ok=True)
+    np.save(out / "start_logits.npy", start.astype(np.float32))
+    np.save(out / "end_logits.npy", end.astype(np.float32))
+    seconds = time.perf_counter() - t0
+    size = sum(p.stat().st_size for p in out.iterdir())
+    Path(args.result).write_text(json.dumps({"seconds": seconds, "features": len(ft), "rows_per_s": len(ft) / seconds,
+                                             "bytes_per_feature": size / len(ft), "bytes": size, "shape": list(start.shape),
+                                             "peak_rss_mb": peak_rss_mb()}))
+
+
+VARIANTS = {"road-train": road_train, "road-predict": road_predict, "hf-train": hf_train, "hf-learn": hf_learn, "hf-predict": hf_predict}
+
+
+# ---------------------------------------------------------------------------- the whole benchmark
+
+
+def prepare(work: Path, kit: Path, args) -> None:
+    """The recipe, the features (train and dev, cached), and a teacher export (an untrained QA head)."""
+    from road_ds.model import build_model
+    from road_ds.recipe import parse_recipe
+
+    recipe_dict = student_recipe(work, kit, args)
+    (work / "student.yaml").write_text(yaml.safe_dump(recipe_dict))
+    _, tok, _ = load(work)
+    load(work, "dev")
+    torch.manual_seed(1)  # the student's encoder, a fresh QA head: a teacher for speed and memory, not for what it knows
+    build_model(parse_recipe(recipe_dict, work / "student.yaml")).export(work / "teacher", tok)
+
+
+class Bench:
+    def __init__(self, work: Path, args):
+        self.work, self.args, self.commands, self.logs = work, args, [], {}
+
+    def launch(self, variant: str, ranks: int = 1, launcher: str = "python", extra: tuple = (), tag: str = "") -> dict:
+        """One variant in its own process(es); its rank 0's JSON, or {"error": the output's tail}."""
+        a = self.args
+        result = self.work / f"result-{variant}-{ranks}{tag}.json"
+        cmd = [str(REPO / "bench" / "peer_train.py"), "--variant", variant, "--work", str(self.work), "--result", str(result),
+               "--steps", str(a.steps), "--warmup", str(a.warmup), "--learn-steps", str(a.learn_steps), "--micro-batch", str(a.micro_batch),
+               "--accum", str(a.accum), "--lr", str(a.lr), "--train-rows", str(a.train_rows), "--dev-rows", str(a.dev_rows), *extra]
+        env = {**os.environ, "PYTHONWARNINGS": "ignore", "TOKENIZERS_PARALLELISM": "false",
+               "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // ranks))}  # the cores, shared between the ranks
+        if launcher == "deepspeed":
+            cmd = [*deepspeed_cmd(), "--num_gpus", str(ranks), "--master_port", str(29650 + ranks), *cmd]
+        elif launcher == "torchrun":
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks), "--master_port", str(29670 + ranks), *cmd]
+        else:
+            cmd = [sys.executable, *cmd]
+        self.commands.append(" ".join(cmd))
+        t0 = time.time()
+        r = subprocess.run(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        print(f"[peer_train] {variant} ranks={ranks} {tag} rc={r.returncode} {time.time() - t0:.0f}s", file=sys.stderr, flush=True)
+        if r.returncode != 0 or not result.exists():
+            return {"error": first_error(r.stdout), "rc": r.returncode}
+        return json.loads(result.read_text())
+
+
+def first_error(log: str) -> str:
+    """The exception line(s) of a failed variant's output (its last Traceback's last line)."""
+    lines = [x for x in log.splitlines() if x.strip()]
+    errs = [x.strip() for x in lines if ("Error" in x or "error" in x) and not x.lstrip().startswith("File ")]
+    return (errs[-1] if errs else "\n".join(lines[-3:]))[-1500:]
+
+
+def versions() -> dict:
+    import accelerate
+    import datasets
+    import deepspeed
+    import transformers
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "deepspeed": deepspeed.__version__, "transformers": transformers.__version__,
+            "accelerate": accelerate.__version__, "datasets": datasets.__version__, "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores"}
+
+
+def strip(r: dict) -> dict:
+    return {k: v for k, v in r.items() if k != "steps"}
+
+
+def run_all(args) -> dict:
+    kit = cache_root() / "kit"
+    if not (kit / "squad" / "train.json").exists():
+        sys.exit(f"no data kit at {kit}: run `road-ds data fetch`")
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="road-ds-peer-train-"))
+    work.mkdir(parents=True, exist_ok=True)
+    args.work = str(work)
+    t_all = time.time()
+    b = Bench(work, args)
+    out: dict = {"train": [], "distill": []}
+    try:
+        prepare(work, kit, args)
+        _, _, ft = load(work)
+        _, _, dev = load(work, "dev")
+        # item 5 first: its store is the offline KD's
+        out["predict"] = {"road_ds": b.launch("road-predict"), "hf": b.launch("hf-predict")}
+        for i in range(1, max(args.teachers_list)):
+            shutil.copytree(work / "store0", work / f"store{i}")
+        # item 1: step time and memory
+        # item 1: step time and memory; the Trainer on DeepSpeed ZeRO-2 where it runs, and as most of its users run it: without
+        hf_errors = {}
+        for ranks in args.ranks:
+            r = b.launch("road-train", ranks, "deepspeed" if ranks > 1 else "python")
+            out["train"].append({"trainer": "road_ds", "backend": "deepspeed-zero2", "ranks": ranks, **strip(r)})
+            h = b.launch("hf-train", ranks, "deepspeed", ("--hf-deepspeed",), tag="-ds")
+            if "error" in h or not h.get("deepspeed_enabled"):
+                hf_errors[f"deepspeed --num_gpus {ranks}"] = h.get("error", "the Trainer ran without DeepSpeed")
+            else:
+                out["train"].append({"trainer": "hf", "backend": "deepspeed-zero2", "ranks": ranks, **strip(h)})
+            h = b.launch("hf-train", ranks, "torchrun" if ranks > 1 else "python")
+            out["train"].append({"trainer": "hf", "backend": "ddp-gloo" if ranks > 1 else "torch (1 process)", "ranks": ranks, **strip(h)})
+        out["hf_backend"] = sorted({r["backend"] for r in out["train"] if r["trainer"] == "hf"})
+        out["hf_deepspeed_errors"] = hf_errors
+        # item 2: distillation at 1 rank, the Trainer on DeepSpeed when it ran there (as road_ds), else plain
+        hf_ds = "deepspeed --num_gpus 1" not in hf_errors
+        for m in args.teachers_list:
+            r = b.launch("road-train", 1, extra=("--teachers", str(m)), tag=f"-kd{m}")
+            out["distill"].append({"trainer": "road_ds offline", "M": m, "backend": "deepspeed-zero2", **strip(r)})
+            h = b.launch("hf-train", 1, "deepspeed" if hf_ds else "python", ("--teachers", str(m), *(("--hf-deepspeed",) if hf_ds else ())), tag=f"-kd{m}")
+            out["distill"].append({"trainer": "hf online", "M": m, "backend": "deepspeed-zero2" if hf_ds else "torch (1 process)", **strip(h)})
+        # learning
+        learn: dict = {"updates": args.learn_steps, "rows_per_update": args.micro_batch * args.accum}
+        if args.learn_steps:
+            run_dir = work / "learn-road"
+            cmd = [sys.executable, str(REPO / "road_ds" / "train.py"), "--recipe", str(work / "student.yaml"), "--output-dir", str(run_dir),
+                   "--deepspeed", str(ZERO2), "--set", f"train.max_steps={args.learn_steps}", "--set", "train.eval_every=0"]
+            b.commands.append(" ".join(cmd))
+            t0 = time.time()
+            r = subprocess.run(cmd, cwd=REPO, env={**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": str(os.cpu_count() or 1)},
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            res = run_dir / "eval_results.json"
+            if r.returncode == 0 and res.exists():
+                e = json.loads(res.read_text())[DATASET]
+                learn["road_ds"] = {"f1": e["f1"], "exact": e["exact"], "wall_s": time.time() - t0}
+            else:
+                learn["road_ds"] = {"error": first_error(r.stdout)}
+            learn["hf"] = b.launch("hf-learn")
+        else:
+            learn["skipped"] = "--learn-steps 0"
+        out["learning"] = learn
+        out["settings"] = {
+            "task": "extractive QA, SQuAD v1.1 (kit slice; no unanswerable questions: all-null F1 is 0)", "model": "minilm-l6 (all-MiniLM-L6-v2)",
+            "max_seq_length": 192, "doc_stride": 64, "max_query_length": 48, "precision": "fp32",
+            "train_examples": args.train_rows, "train_features": len(ft), "dev_examples": args.dev_rows, "dev_features": len(dev),
+            "micro_batch": args.micro_batch, "gradient_accumulation": args.accum, "lr": args.lr, "weight_decay": 0.01, "betas": [0.9, 0.999],
+            "eps": 1e-6, "grad_clip": 1.0, "schedule": "linear warm-up + linear decay to 0", "warmup_steps": args.learn_steps // 10, "seed": 0,
+            "warmup_steps_untimed": args.warmup, "timed_steps": args.steps, "dataloader_workers": 1,
+            "omp_threads_per_rank": {str(r): max(1, (os.cpu_count() or 1) // r) for r in args.ranks},
+            "road_ds": "road_ds.train.setup + train_step (ZeRO-2 ds_configs/zero2.json, torch AdamW on CPU); learning: road_ds/train.py fit",
+            "hf": "transformers.Trainer, AutoModelForQuestionAnswering, DataCollatorWithPadding (dynamic padding, as road_ds's collate)",
+            "hf_features": "the SAME feature rows road_ds built (its feature cache via road_ds.features.build_features), as a datasets.Dataset "
+                           "with input_ids/attention_mask/token_type_ids/start_positions/end_positions",
+            "scoring": "both sides: road_ds.evaluate.evaluate_split on the same dev features (HF model wrapped as the forward callable)",
+            "step_time": "median of per-optimizer-step seconds after the untimed warm-up steps; road_ds: kd_bench.timed_step around "
+                         "train_step; HF: on_step_end to on_step_end (includes the batch fetch; step_s_begin_to_end excludes it)",
+            "samples_per_s": "micro × accumulation × ranks / step_s",
+            "hf_deepspeed_config": hf_ds_config() | {"note": "torch_adam: DeepSpeed's CPU Adam op would compile for minutes first (road_ds sets the same on CPU)"},
+            "memory": "peak RSS (ru_maxrss) of the training process (rank 0); growth: peak minus VmRSS after setup (HF: at on_train_begin)",
+            "kd": {"temperature": KD_TEMPERATURE, "alpha": KD_ALPHA, "teachers": "MiniLM-L6 shape, random weights (speed and memory only)",
+                   "road_ds": "offline: stores from road_ds.precompute (top-k 8, float16), copied M times; kd.combine wkd",
+                   "hf": "online: Trainer subclass, M resident teachers forward under no_grad each micro-batch, KL(T) on start/end"},
+            "predict": {"road_ds": "road_ds/precompute.py main --top-k 8 --dtype float16 over the train features (store bytes on disk)",
+                        "hf": "Trainer.predict (eval batch 64) + np.save of start and end logits, float32 (bytes on disk)",
+                        "timing": "from loading the teacher to the files written"},
+            "differences": ["road_ds's span CE is over the support (context + [CLS]); HF's over every position of the padded row",
+                            "road_ds's warm-up is (step+1)/warmup, HF's step/warmup", "the data order: road_ds's MTL sampler vs the Trainer's RandomSampler",
+                            "road_ds on DeepSpeed ZeRO-2; HF: see hf_backend"]}
+    finally:
+        out["commands"] = b.commands
+        out["versions"] = versions()
+        out["wall_s"] = time.time() - t_all
+        if not args.keep_work and not args.work_given:
+            shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", help="the result JSON")
+    p.add_argument("--steps", type=int, default=8, help="timed optimizer steps per speed variant")
+    p.add_argument("--warmup", type=int, default=2, help="untimed optimizer steps before them")
+    p.add_argument("--learn-steps", type=int, default=100, help="optimizer steps of each learning row (0: skip)")
+    p.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--teachers-list", type=int, nargs="+", default=[1, 3])
+    p.add_argument("--micro-batch", type=int, default=8)
+    p.add_argument("--accum", type=int, default=2)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--train-rows", type=int, default=2000, help="train questions (the learning rows see micro × accum × learn-steps features)")
+    p.add_argument("--dev-rows", type=int, default=300)
+    p.add_argument("--work", help="work dir (default: a temp dir, removed at the end)")
+    p.add_argument("--keep-work", action="store_true")
+    # one variant, in its own process (the benchmark starts these itself)
+    p.add_argument("--variant", choices=sorted(VARIANTS))
+    p.add_argument("--result")
+    p.add_argument("--teachers", type=int, default=0)
+    p.add_argument("--hf-deepspeed", action="store_true")
+    p.add_argument("--local_rank", "--local-rank", type=int, default=0, help=argparse.SUPPRESS)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.variant:
+        VARIANTS[args.variant](args)
+        return 0
+    if not args.out:
+        sys.exit("--out RESULT.json is required")
+    args.work_given = bool(args.work)
+    out = run_all(args)
+    Path(args.out).write_text(json.dumps(out, indent=1))
+    print(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
