@@ -146,29 +146,36 @@ def workers_cpu_s() -> float:
     return sum(int(t.read_text().split()[0]) for d in live_children() for t in d.glob("task/*/schedstat")) / 1e9
 
 
+def kd_sets(work: Path, teachers: int) -> list[str]:
+    """Recipe overrides for WKD from the work dir's first `teachers` stores (none: no KD)."""
+    return ["kd.teachers=" + json.dumps([str(work / f"store{i}") for i in range(teachers)]), "kd.combine=wkd"] if teachers else []
+
+
 def student(work: Path, teachers: int, max_steps: int):
     """The student's recipe (WKD from the first `teachers` stores; none: no KD), tokenizer and train features."""
     from road_ds.features import build_features, load_tokenizer
     from road_ds.recipe import load_recipe
 
-    sets = ["kd.teachers=" + json.dumps([str(work / f"store{i}") for i in range(teachers)]), "kd.combine=wkd"] if teachers else []
-    recipe = load_recipe(work / "student.yaml", [*sets, f"train.max_steps={max_steps}"])
+    recipe = load_recipe(work / "student.yaml", [*kd_sets(work, teachers), f"train.max_steps={max_steps}"])
     tok = load_tokenizer(recipe.model.tokenizer_path)
     return recipe, tok, {d.name: build_features(recipe, d.name, "train", tokenizer=tok) for d in recipe.datasets}
 
 
-def setup(args):
+def trainer_run(work: Path, result: str, ds_config: str, sets: list[str]):
     """The trainer's own `setup` (road_ds.train.setup: features, stores checked, engine with the recipe's
-    param groups and LR schedule, task balance, loader) on the bench's student; KD from `args.teachers` stores."""
-    from road_ds.train import parse_args
-    from road_ds.train import setup as trainer_setup
+    param groups and LR schedule, task balance, loader) on work/student.yaml with `sets`; its output dir
+    is named after the variant's result file (the same on every rank of a launch, new for each launch)."""
+    from road_ds.train import parse_args, setup
 
+    out = work / "runs" / Path(result).stem
+    return setup(parse_args(["--recipe", str(work / "student.yaml"), "--output-dir", str(out), "--deepspeed", ds_config,
+                             *(x for s in sets for x in ("--set", s))]))
+
+
+def setup(args):
+    """The bench's student through the trainer's own setup; KD from `args.teachers` stores."""
     work = Path(args.work)
-    sets = ["kd.teachers=" + json.dumps([str(work / f"store{i}") for i in range(args.teachers)]), "kd.combine=wkd"] if args.teachers else []
-    sets.append(f"train.max_steps={args.warmup + args.steps}")
-    out = work / "runs" / Path(args.result).stem  # the same on every rank of a launch, new for each launch
-    return trainer_setup(parse_args(["--recipe", str(work / "student.yaml"), "--output-dir", str(out), "--deepspeed", args.ds_config,
-                                     *(x for s in sets for x in ("--set", s))]))
+    return trainer_run(work, args.result, args.ds_config, [*kd_sets(work, args.teachers), f"train.max_steps={args.warmup + args.steps}"])
 
 
 def timed_step(engine, balance, it, recipe, tables, step: int, device, teacher_of=lambda item: item.get("teacher")) -> tuple[float, float, int]:

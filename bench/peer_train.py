@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from kd_bench import status_mb, timed_step  # noqa: E402
+from kd_bench import kd_sets, status_mb, timed_step, trainer_run  # noqa: E402
 
 from road_ds.pipelines.runs import deepspeed_cmd  # noqa: E402
 from road_ds.recipe import cache_root  # noqa: E402
@@ -93,13 +93,7 @@ def teacher_hf_dir(work: Path) -> Path:
 
 
 def road_setup(args, sets: list[str]):
-    from road_ds.train import parse_args
-    from road_ds.train import setup as trainer_setup
-
-    work = Path(args.work)
-    out = work / "runs" / Path(args.result).stem
-    return trainer_setup(parse_args(["--recipe", str(work / "student.yaml"), "--output-dir", str(out), "--deepspeed", str(ZERO2),
-                                     *(x for s in [*sets, f"train.max_steps={args.warmup + args.steps}"] for x in ("--set", s))]))
+    return trainer_run(Path(args.work), args.result, str(ZERO2), [*sets, f"train.max_steps={args.warmup + args.steps}"])
 
 
 def road_train(args) -> None:
@@ -107,8 +101,7 @@ def road_train(args) -> None:
     import torch.distributed as dist
 
     m = args.teachers
-    sets = ["kd.teachers=" + json.dumps([str(Path(args.work) / f"store{i}") for i in range(m)]), "kd.combine=wkd",
-            f"kd.temperature={KD_TEMPERATURE}", f"kd.alpha={KD_ALPHA}"] if m else []
+    sets = [*kd_sets(Path(args.work), m), f"kd.temperature={KD_TEMPERATURE}", f"kd.alpha={KD_ALPHA}"] if m else []
     run = road_setup(args, sets)
     rss0 = status_mb("VmRSS")
     times = []

@@ -149,7 +149,8 @@ def _save_sharing_encoder(full, enc_state: dict, d: Path, shared: dict[str, Path
     enc_keys = [prefix + k for k in enc_state if not k.startswith("pooler.")]
     if any(k not in state for k in enc_keys):
         raise RuntimeError(f"{type(full).__name__} does not hold the encoder under '{prefix}'")
-    own = {k: v for k, v in state.items() if k not in set(enc_keys)}
+    shared_keys = set(enc_keys)
+    own = {k: v for k, v in state.items() if k not in shared_keys}
     full.save_pretrained(str(d), state_dict=dict(own))  # config and the head's weights (it empties the dict it is given)
     (d / "model.safetensors").rename(d / HEAD_SHARD)
     if prefix in shared:
