@@ -111,6 +111,9 @@ def fingerprint(spec: DatasetSpec, split: str, tok_hash: str, params: FeaturePar
     }
     if split in spec.limit:
         key["limit"] = spec.limit[split]
+    for name in ("rating", "history_turns"):  # only when set: the fingerprints of other datasets stay as they were
+        if getattr(spec, name):
+            key[name] = getattr(spec, name)
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
 
 
@@ -328,6 +331,7 @@ def build_features(recipe: Recipe, name: str, split: str, tokenizer=None, force:
         "examples": len(examples.table),
         "features": len(table),
         "moved_answers": examples.moved_answers,
+        "skipped": examples.skipped,
         "seconds": round(time.time() - t0, 2),
     }
     if spec.task_type.kind == "span":
@@ -341,7 +345,8 @@ def build_features(recipe: Recipe, name: str, split: str, tokenizer=None, force:
         examples.table.save_to_disk(str(tmp / "examples"))
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
     if log:
-        log(f"built {spec.name}/{split}: {meta['examples']} examples -> {meta['features']} features in {meta['seconds']} s")
+        dropped = "".join(f"; skipped {n} ({why})" for why, n in examples.skipped.items())
+        log(f"built {spec.name}/{split}: {meta['examples']} examples -> {meta['features']} features in {meta['seconds']} s{dropped}")
     return _load(spec, split, fp, final, hit=False)
 
 

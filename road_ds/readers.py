@@ -9,14 +9,16 @@ tokenizer or model sees it.
 from __future__ import annotations
 
 import csv
-import json
+import dataclasses
 import sys
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import datasets
 
+from road_ds import corpora
 from road_ds.errors import DataError
 from road_ds.recipe import DatasetSpec
 from road_ds.tasks import CLASSIFICATION_FIELDS, FORMATS, SPAN_FIELDS
@@ -49,6 +51,7 @@ class Examples:
     table: datasets.Dataset
     sources: list[str]  # files (or a hub fingerprint) the table came from, for the feature fingerprint
     moved_answers: int = 0  # answers relocated under `answer_start: nearest`
+    skipped: dict[str, int] = dataclasses.field(default_factory=dict)  # rows dropped on purpose, by reason (SNLI's '-', ...)
 
 
 def read_split(spec: DatasetSpec, split: str) -> Examples:
@@ -62,10 +65,15 @@ def read_split(spec: DatasetSpec, split: str) -> Examples:
     seen: dict[str, str] = {}
     moved = 0
     sources = []
+    skipped: Counter = Counter()
+    fmt = FORMATS[spec.format]
     for f in files:
-        records, source = _records(spec, split, f)
+        records, source = _records(spec, split, f, skipped)
         sources.append(source)
         for where, rec in records:
+            if fmt.drop_labels and str(rec.get(_column(spec, "label"))) in fmt.drop_labels:
+                skipped[f"gold label {rec.get(_column(spec, 'label'))!r}"] += 1
+                continue
             if kind == "span":
                 ex, m = _span_example(spec, f, where, rec, len(rows))
                 moved += m
@@ -81,13 +89,13 @@ def read_split(spec: DatasetSpec, split: str) -> Examples:
         rows = rows[: spec.limit[split]]
     features = SPAN_FEATURES if kind == "span" else CLASSIFICATION_FEATURES
     table = datasets.Dataset.from_list(rows, features=features)
-    return Examples(spec, split, table, sources, moved)
+    return Examples(spec, split, table, sources, moved, dict(sorted(skipped.items())))
 
 
 # ---------------------------------------------------------------------------- raw records
 
 
-def _records(spec: DatasetSpec, split: str, f: str) -> tuple[Iterator[tuple[object, dict]], str]:
+def _records(spec: DatasetSpec, split: str, f: str, skipped: Counter) -> tuple[Iterator[tuple[object, dict]], str]:
     """(row, record) pairs of one file, and the source identity used for the fingerprint."""
     fmt = spec.format
     if fmt == "hub":
@@ -101,10 +109,10 @@ def _records(spec: DatasetSpec, split: str, f: str) -> tuple[Iterator[tuple[obje
     path = Path(f)
     if not path.exists():
         raise DataError(path, f"file not found (dataset '{spec.name}', split '{split}')")
-    if fmt == "squad_json":
-        return _squad_records(path), str(path)
-    if fmt in ("qa_jsonl", "jsonl"):
-        return _jsonl_records(path), str(path)
+    if fmt in corpora.LAYOUTS:
+        return corpora.LAYOUTS[fmt](path, spec, skipped), str(path)
+    if fmt in ("qa_jsonl", "jsonl", "snli_jsonl"):
+        return corpora.jsonl_lines(path), str(path)
     if fmt == "parquet":
         import pyarrow.parquet as pq
 
@@ -126,53 +134,9 @@ def _records(spec: DatasetSpec, split: str, f: str) -> tuple[Iterator[tuple[obje
     return _delimited_records(path, FORMATS[fmt]), str(path)
 
 
-def _squad_records(path: Path):
-    try:
-        with open(path, encoding="utf-8") as fh:
-            doc = json.load(fh)
-    except json.JSONDecodeError as e:
-        raise DataError(path, f"malformed JSON: {e.msg} (line {e.lineno}, column {e.colno})", row=e.lineno) from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
-        raise DataError(path, "not a SQuAD file: the top level needs a 'data' list", field="data")
-    for i, article in enumerate(doc["data"]):
-        title = article.get("title", "") if isinstance(article, dict) else ""
-        paragraphs = article.get("paragraphs") if isinstance(article, dict) else None
-        if not isinstance(paragraphs, list):
-            raise DataError(path, "missing or not a list", row=f"data[{i}]", field="paragraphs")
-        for j, para in enumerate(paragraphs):
-            where = f"data[{i}].paragraphs[{j}]"
-            if not isinstance(para, dict) or "context" not in para:
-                raise DataError(path, "missing", row=where, field="context")
-            qas = para.get("qas")
-            if not isinstance(qas, list):
-                raise DataError(path, "missing or not a list", row=where, field="qas")
-            for k, qa in enumerate(qas):
-                if not isinstance(qa, dict):
-                    raise DataError(path, "a question must be an object", row=f"{where}.qas[{k}]")
-                answers = qa.get("answers")
-                if qa.get("is_impossible"):
-                    answers = []
-                rec = {"id": qa.get("id"), "title": title, "question": qa.get("question"), "context": para["context"], "answers": answers}
-                yield f"{where}.qas[{k}] (id {qa.get('id')})", rec
-
-
-def _jsonl_records(path: Path):
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(path, f"malformed JSON: {e.msg} (column {e.colno})", row=n) from None
-            if not isinstance(rec, dict):
-                raise DataError(path, "each line must be a JSON object", row=n)
-            yield n, rec
-
-
 def _delimited_records(path: Path, fmt):
     csv.field_size_limit(sys.maxsize)
-    with open(path, encoding="utf-8", newline="") as fh:
+    with corpora.open_text(path) as fh:
         reader = csv.reader(fh, delimiter=fmt.delimiter, quoting=csv.QUOTE_MINIMAL if fmt.quoting else csv.QUOTE_NONE)
         header = next(reader, None)
         if not header:

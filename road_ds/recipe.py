@@ -17,6 +17,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from road_ds.corpora import RATING_LABELS
 from road_ds.errors import DataError
 from road_ds.tasks import FORMATS, TASK_TYPES
 
@@ -123,6 +124,8 @@ class DatasetSpec(_Strict):
     # train split: only the first N examples keep their gold labels; the rest are a transfer set,
     # learnt from the teachers' targets alone (gold -100), so it needs KD
     labeled: int | None = Field(None, ge=0)
+    rating: Literal["five_way", "polarity"] | None = None  # star-rated formats (amazon_*): the labels it reads
+    history_turns: int = Field(0, ge=0)  # quac_json: the previous dialogue turns put after each question
     train_split: str | None = None  # default: "train" when the files have it (else evaluation only)
     eval_split: str | None = None  # default: "dev" or "validation" when the files have it
     kd: KDSpec | None = None  # default: the recipe's top-level kd
@@ -153,6 +156,8 @@ class DatasetSpec(_Strict):
     def label_names(self) -> list[str] | None:
         if self.task_type.kind == "span":
             return None
+        if self.rating:
+            return list(RATING_LABELS[self.rating])
         return list(self.labels or FORMATS[self.format].labels or self.task_type.default_labels or [])
 
     def feature_params(self, params: FeatureParams) -> FeatureParams:
@@ -241,6 +246,16 @@ def parse_recipe(raw: dict, path: str | Path = "<recipe>") -> Recipe:
         fmt = FORMATS[d.format]
         if d.task_type.kind not in fmt.kinds:
             raise DataError(path, f"format '{d.format}' cannot hold a {d.task_type.kind} task ('{d.task}')", field=f"{where}.format")
+        if fmt.fixed and d.columns:
+            raise DataError(path, f"format '{d.format}' reads its published layout: `columns` does not apply", field=f"{where}.columns")
+        if fmt.rated and d.rating is None:
+            raise DataError(path, f"format '{d.format}' holds star ratings: say `rating: five_way` or `rating: polarity`", field=f"{where}.rating")
+        if not fmt.rated and d.rating is not None:
+            raise DataError(path, f"`rating` applies to star-rated formats (amazon_jsonl, amazon_tsv), not '{d.format}'", field=f"{where}.rating")
+        if fmt.rated and d.labels is not None:
+            raise DataError(path, f"the labels of format '{d.format}' come from `rating` ({d.rating}: {d.label_names})", field=f"{where}.labels")
+        if d.history_turns and d.format != "quac_json":
+            raise DataError(path, f"`history_turns` applies to QuAC dialogues (format quac_json), not '{d.format}'", field=f"{where}.history_turns")
         if d.task_type.kind == "classification" and not d.label_names:
             raise DataError(path, f"task '{d.task}' needs a list of label names", field=f"{where}.labels")
         if d.task_type.kind == "classification" and len(set(d.label_names)) != len(d.label_names):

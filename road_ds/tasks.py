@@ -46,12 +46,20 @@ class Format:
     label_map: dict = field(default_factory=dict)
     delimiter: str | None = None  # for csv/tsv-like formats
     quoting: bool = True  # GLUE TSVs are unquoted
+    fixed: bool = False  # a published layout read by road_ds/corpora.py: its columns are its own
+    rated: bool = False  # star ratings: the recipe's `rating` (five_way | polarity) decides the labels
+    drop_labels: tuple[str, ...] = ()  # gold labels that mean "no label" (SNLI's '-'): dropped and counted
 
 
 FORMATS: dict[str, Format] = {
     f.name: f
     for f in [
         Format("squad_json", ("span",)),
+        # ROaD's reading-comprehension sets, each in its published layout (road_ds/corpora.py)
+        Format("mrqa_jsonl", ("span",), fixed=True),  # TriviaQA, NaturalQuestions, NewsQA, SearchQA, HotpotQA, SQuAD
+        Format("quac_json", ("span",), fixed=True),
+        Format("qasrl_jsonl", ("span",), fixed=True),
+        Format("qazre_tsv", ("span",), fixed=True),
         Format("qa_jsonl", ("span",)),
         Format("jsonl", ("span", "classification")),
         Format("csv", ("classification",), delimiter=","),
@@ -74,5 +82,12 @@ FORMATS: dict[str, Format] = {
             columns={"text_a": "sentence", "label": "label"},
             labels=("negative", "positive"), label_map={"0": "negative", "1": "positive"},
         ),
+        Format(  # SNLI 1.0 and MultiNLI 1.0 as published (.jsonl): gold '-' means the annotators did not agree
+            "snli_jsonl", ("classification",),
+            columns={"id": "pairID", "text_a": "sentence1", "text_b": "sentence2", "label": "gold_label"},
+            labels=("entailment", "neutral", "contradiction"), drop_labels=("-",),
+        ),
+        Format("amazon_jsonl", ("classification",), fixed=True, rated=True),
+        Format("amazon_tsv", ("classification",), fixed=True, rated=True),
     ]
 }

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -65,3 +67,27 @@ def test_duplicate_names_bad_yaml_and_window_room(tmp_path):
     e = load_err(tmp_path, {"model": {"name_or_path": "m"}, "features": {"max_seq_length": 64, "doc_stride": 60},
                                    "datasets": [{**SENT, "task": "extractive_qa", "format": "qa_jsonl"}]})
     assert e.field == "features.doc_stride"
+
+
+ROAD = Path(__file__).resolve().parents[1] / "recipes" / "road"
+
+
+@pytest.mark.parametrize("name, steps", [("mtl_large", 20000), ("mtl_base", 40000)])
+def test_road_mtl_recipes_are_the_papers_stage_one(name, steps):
+    r = load_recipe(ROAD / f"{name}.yaml")
+    corpora = {d.name.split("-")[0] for d in r.datasets}
+    assert corpora == {"triviaqa", "naturalquestions", "quac", "qasrl", "qazre", "mnli", "snli", "amazon", "qqp"}
+    assert {d.head_name for d in r.datasets} == {"span", "nli", "sentiment", "rating", "paraphrase"}
+    assert {d.name: d.format for d in r.datasets if d.task == "extractive_qa"} == {
+        "triviaqa": "mrqa_jsonl", "naturalquestions": "mrqa_jsonl", "quac": "quac_json", "qasrl": "qasrl_jsonl", "qazre": "qazre_tsv"}
+    t, m = r.train, r.mtl
+    assert (m.passes, t.lr, t.layer_lr_decay, t.warmup_steps, t.max_steps) == (4, 3e-4, 0.75, 500, steps)
+    assert t.micro_batch_size * m.passes * 16 == 512  # the paper's batch on 16 ranks (the recipe's comment)
+    assert r.kd is None
+
+
+def test_road_squad2_wkd_recipe():
+    r = load_recipe(ROAD / "squad2_wkd.yaml")
+    assert [d.name for d in r.datasets] == ["squad2"] and r.datasets[0].hub_path == "rajpurkar/squad_v2"
+    assert r.model.init_from.endswith("outputs/road/mtl-large/export")
+    assert (r.kd.combine, r.kd.W, len(r.kd.teachers)) == ("wkd", 0.75, 3)
