@@ -152,6 +152,7 @@ def main(argv=None) -> int:
 
     p = argparse.ArgumentParser(prog="road-ds evaluate", description="Score an export (or a run's export) on datasets of a recipe.")
     p.add_argument("recipe")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe field, as in training")
     p.add_argument("--model", required=True, help="an export dir, or a run's output dir")
     p.add_argument("--dataset", action="append")
     p.add_argument("--split", default=None, help="default: each dataset's eval split")
@@ -160,7 +161,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     def body():
-        recipe = load_recipe(args.recipe)
+        recipe = load_recipe(args.recipe, args.set or [])
         tokenizer = load_tokenizer(recipe.model.tokenizer_path)
         device = pick_device()
         model = load_for_eval(Path(args.model)).to(device)

@@ -96,15 +96,16 @@ def _source_ids(spec: DatasetSpec, split: str) -> list[str]:
     return out
 
 
-def fingerprint(spec: DatasetSpec, split: str, tok_hash: str, params: FeatureParams) -> str:
-    """Everything that decides the feature rows; nothing that does not (num_proc, cache_dir)."""
+def fingerprint_key(spec: DatasetSpec, split: str, tokenizer_id: str, params: FeatureParams, sources: list[str]) -> dict:
+    """What decides the feature rows; nothing that does not (num_proc, cache_dir). `pipeline check`
+    compares these keys (with file paths and the tokenizer's path) before any file is read."""
     key = {
         "schema": FEATURE_SCHEMA_VERSION,
         "dataset": spec.model_dump(include={"name", "task", "format", "columns", "labels", "label_map", "answer_start", "hub_path", "hub_config"}),
         "label_names": spec.label_names,
         "split": split,
-        "sources": _source_ids(spec, split),
-        "tokenizer": tok_hash,
+        "sources": sources,
+        "tokenizer": tokenizer_id,
         "params": params.model_dump(include={"max_seq_length", "doc_stride", "max_query_length"})
         if spec.task_type.kind == "span"
         else {"max_seq_length": params.max_seq_length},
@@ -114,6 +115,12 @@ def fingerprint(spec: DatasetSpec, split: str, tok_hash: str, params: FeaturePar
     for name in ("rating", "history_turns"):  # only when set: the fingerprints of other datasets stay as they were
         if getattr(spec, name):
             key[name] = getattr(spec, name)
+    return key
+
+
+def fingerprint(spec: DatasetSpec, split: str, tok_hash: str, params: FeatureParams) -> str:
+    """The cache key of one split's features: its files' content and the tokenizer's vocabulary and rules."""
+    key = fingerprint_key(spec, split, tok_hash, params, _source_ids(spec, split))
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
 
 

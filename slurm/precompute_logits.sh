@@ -40,7 +40,9 @@ mkdir -p logs "$STORES"
 
 split_args=()
 for s in ${SPLITS:-train}; do split_args+=(--split "$s"); done
+set_args=()  # SETS: recipe overrides, one key=value per line (the student's features)
+while IFS= read -r line; do if [[ -n $line ]]; then set_args+=(--set "$line"); fi; done <<< "${SETS:-}"
 
 echo "task $task: teacher $teacher -> $out on ${SLURM_JOB_NODELIST:-localhost} (${SLURM_NTASKS:-1} ranks)"
-srun --kill-on-bad-exit=1 "$PYTHON" road_ds/precompute.py "$RECIPE" --teacher "$teacher" --out "$out" \
+srun --kill-on-bad-exit=1 "$PYTHON" road_ds/precompute.py "$RECIPE" "${set_args[@]}" --teacher "$teacher" --out "$out" \
   --top-k "${TOP_K:-8}" --dtype "${DTYPE:-float16}" --batch-size "${BATCH_SIZE:-64}" "${split_args[@]}"

@@ -4,6 +4,10 @@
 #   RECIPE=recipes/my_road.yaml OUT=runs/road sbatch slurm/train_road.sh
 #   RECIPE=... OUT=... sbatch --nodes=4 --ntasks-per-node=8 --gpus-per-node=8 slurm/train_road.sh
 #   sbatch --dependency=afterok:<precompute array job id> slurm/train_road.sh   # after the teachers' stores
+#   SEEDS="0 1 2" OUT='runs/teacher-s{seed}' sbatch --array=0-2 slurm/train_road.sh  # one run per seed
+#
+# SETS: recipe overrides, one `key=value` per line (values may hold spaces). With SEEDS, array task i
+# runs seed i of the list: `{seed}` in OUT and SETS becomes it (add `train.seed={seed}` to SETS).
 #
 # Launch: one process per GPU with srun (set --ntasks-per-node to the GPUs per node; on CPU-only
 # nodes, to the ranks you want). Each rank reads SLURM_PROCID / SLURM_LOCALID / SLURM_NTASKS, and
@@ -35,13 +39,25 @@ MAX_REQUEUES=${MAX_REQUEUES:-20}
 PYTHON=${PYTHON:-python}
 cd "${SLURM_SUBMIT_DIR:-.}" || exit 2
 mkdir -p logs
+if [[ -n ${SEEDS:-} ]]; then
+  read -r -a seeds <<< "$SEEDS"
+  task=${SLURM_ARRAY_TASK_ID:-0}
+  if (( task >= ${#seeds[@]} )); then
+    echo "array task $task has no seed: SEEDS lists ${#seeds[@]}" >&2
+    exit 2
+  fi
+  OUT=${OUT//\{seed\}/${seeds[$task]}}
+  SETS=${SETS//\{seed\}/${seeds[$task]}}
+fi
+set_args=()
+while IFS= read -r line; do if [[ -n $line ]]; then set_args+=(--set "$line"); fi; done <<< "${SETS:-}"
 
 # the ranks get the signals and checkpoint; this shell only notes them and waits for srun
 trap 'echo "signal received: the ranks checkpoint and stop"' USR1 TERM
 
 echo "job ${SLURM_JOB_ID:-?} (restart ${SLURM_RESTART_COUNT:-0}): ${SLURM_NTASKS:-1} ranks on ${SLURM_JOB_NODELIST:-localhost}, output $OUT"
 # shellcheck disable=SC2086  # EXTRA_ARGS is a list of arguments on purpose
-srun --kill-on-bad-exit=1 "$PYTHON" road_ds/train.py --deepspeed "$DS_CONFIG" --recipe "$RECIPE" --output-dir "$OUT" ${EXTRA_ARGS:-}
+srun --kill-on-bad-exit=1 "$PYTHON" road_ds/train.py --deepspeed "$DS_CONFIG" --recipe "$RECIPE" --output-dir "$OUT" "${set_args[@]}" ${EXTRA_ARGS:-}
 rc=$?
 
 if [[ -f $OUT/eval_results.json ]]; then

@@ -58,7 +58,7 @@ def help_text(*argv: str) -> str:
 
 
 def road_ds_help(words: list[str]) -> str:
-    sub = words[:2] if words[0] in ("store", "data") and len(words) > 1 and not words[1].startswith("-") else words[:1]
+    sub = words[:2] if words[0] in ("store", "data", "pipeline") and len(words) > 1 and not words[1].startswith("-") else words[:1]
     if words[0] == "data":  # the kit's own parser: `road-ds data fetch|path ...`
         sub = words[:1]
     return help_text(sys.executable, "-m", "road_ds.cli", *sub, "--help")
