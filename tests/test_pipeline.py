@@ -185,7 +185,8 @@ def test_killed_stage_resumes_to_the_same_final_metrics(ran):
     got = losses(out / "student")
     assert sorted(got) == sorted(ref_losses)
     assert got[max(got)] == pytest.approx(ref_losses[max(got)], abs=1e-6, rel=1e-6)
-    assert _close(json.loads((out / "student" / "eval_results.json").read_text()), ref_eval)
+    scores = lambda r: {k: v for k, v in r.items() if not k.startswith("peak_rss")}  # noqa: E731  (memory differs run to run)
+    assert _close(scores(json.loads((out / "student" / "eval_results.json").read_text())), scores(ref_eval))
 
 
 def _close(a, b, tol=1e-6) -> bool:
