@@ -242,7 +242,9 @@ def test_plan_on_slurm_chains_jobs_and_a_resubmit_resumes(tmp_path):
     while not (latest.exists() and int(latest.read_text().split("-")[1]) >= 4):
         assert time.time() < deadline and state(jobs["student"]) in ("PENDING", "RUNNING", "CONFIGURING"), state(jobs["student"])
         time.sleep(0.2)
-    subprocess.run(["scancel", jobs["student"]], check=True)  # the stage's job killed mid-run
+    # the stage's job killed mid-run, batch shell and ranks at once (a plain scancel sends SIGTERM, which
+    # the trainer takes for a preemption: it checkpoints and the script requeues the job)
+    subprocess.run(["scancel", "--signal=KILL", "--full", jobs["student"]], check=True)
     deadline = time.time() + 120
     while state(jobs["dev"]) != "DEPENDENCY_NEVER_SATISFIED":  # the rest stays pending
         assert time.time() < deadline, state(jobs["dev"])
