@@ -67,6 +67,11 @@ def _list(path, value, row, field) -> list:
     return value
 
 
+def _int_pair(span) -> bool:
+    """A [start, end] pair of integers (MRQA char spans, QA-SRL token spans)."""
+    return isinstance(span, list) and len(span) == 2 and all(isinstance(x, int) and not isinstance(x, bool) for x in span)
+
+
 def _fold(text: str) -> str:
     """Case, Unicode form and white space folded: how MRQA's detected answers match their spans."""
     return "".join(unicodedata.normalize("NFKC", text).lower().split())
@@ -120,8 +125,7 @@ def mrqa_records(path: Path, spec, skipped: Counter) -> Records:
                     raise DataError(path, f"answer text must be a non-empty string, got {text!r:.60}", row=where, field=f"{field}.text")
                 for s, span in enumerate(_list(path, det.get("char_spans"), where, f"{field}.char_spans")):
                     f = f"{field}.char_spans[{s}]"
-                    ok = isinstance(span, list) and len(span) == 2 and all(isinstance(x, int) and not isinstance(x, bool) for x in span)
-                    if not ok or not 0 <= span[0] <= span[1] < len(context):
+                    if not _int_pair(span) or not 0 <= span[0] <= span[1] < len(context):
                         raise DataError(path, f"{span!r:.40} is not a [start, end] pair inside the context ({len(context)} characters)", row=where, field=f)
                     piece = context[span[0] : span[1] + 1]
                     if _fold(piece) != _fold(text):
@@ -149,7 +153,8 @@ def quac_records(path: Path, spec, skipped: Counter) -> Records:
             context = para.get("context") if isinstance(para, dict) else None
             if not isinstance(context, str):
                 raise DataError(path, "missing", row=where, field="context")
-            context = context[: -len(CANNOTANSWER)].rstrip() if context.rstrip().endswith(CANNOTANSWER) else context
+            if context.rstrip().endswith(CANNOTANSWER):  # cut from the stripped text: white space may follow the token
+                context = context.rstrip()[: -len(CANNOTANSWER)].rstrip()
             history: list[str] = []
             for k, qa in enumerate(_list(path, para.get("qas"), where, "qas")):
                 here = f"{where}.qas[{k}] (id {qa.get('id') if isinstance(qa, dict) else None})"
@@ -206,8 +211,7 @@ def qasrl_records(path: Path, spec, skipped: Counter) -> Records:
                 answers, seen = [], set()
                 for a, judgment in enumerate(judgments):
                     for s, span in enumerate(_list(path, judgment.get("spans"), where, f"{field}.answerJudgments[{a}].spans")):
-                        ok = isinstance(span, list) and len(span) == 2 and all(isinstance(x, int) and not isinstance(x, bool) for x in span)
-                        if not ok or not 0 <= span[0] < span[1] <= len(tokens):
+                        if not _int_pair(span) or not 0 <= span[0] < span[1] <= len(tokens):
                             raise DataError(path, f"{span!r:.40} is not a token span [start, end) of the sentence's {len(tokens)} tokens",
                                             row=where, field=f"{field}.answerJudgments[{a}].spans[{s}]")
                         if tuple(span) not in seen:
