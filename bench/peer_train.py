@@ -45,6 +45,7 @@ from road_ds.recipe import cache_root  # noqa: E402
 DATASET = "squad"
 KD_TEMPERATURE, KD_ALPHA = 2.0, 0.5
 ZERO2 = REPO / "ds_configs" / "zero2.json"
+PARTS = ("predict", "train", "distill", "learning")
 
 
 def peak_rss_mb() -> float:
@@ -57,7 +58,7 @@ def student_recipe(work: Path, kit: Path, args) -> dict:
         "features": {"max_seq_length": 192, "doc_stride": 64, "max_query_length": 48, "cache_dir": str(work / "features")},
         "datasets": [{"name": DATASET, "task": "extractive_qa", "format": "squad_json",
                       "files": {"train": str(kit / "squad" / "train.json"), "dev": str(kit / "squad" / "dev.json")},
-                      "answer_start": "nearest", "limit": {"train": args.train_rows, "dev": args.dev_rows}}],
+                      "answer_start": "nearest", "limit": {"train": args.train_rows, **({"dev": args.dev_rows} if args.dev_rows else {})}}],
         "train": {"micro_batch_size": args.micro_batch, "lr": args.lr, "weight_decay": 0.01, "betas": [0.9, 0.999], "eps": 1e-6,
                   "warmup_steps": args.learn_steps // 10, "grad_clip": 1.0, "seed": 0, "num_workers": 1, "log_every": 10,
                   "save_every": 100000, "keep_checkpoints": 0, "eval_every": 0, "eval_batch_size": 64},
@@ -370,14 +371,16 @@ def run_all(args) -> dict:
         prepare(work, kit, args)
         _, _, ft = load(work)
         _, _, dev = load(work, "dev")
+        parts = set(args.parts)
         # item 5 first: its store is the offline KD's
-        out["predict"] = {"road_ds": b.launch("road-predict"), "hf": b.launch("hf-predict")}
-        for i in range(1, max(args.teachers_list)):
-            shutil.copytree(work / "store0", work / f"store{i}")
+        if parts & {"predict", "distill"}:
+            out["predict"] = {"road_ds": b.launch("road-predict"), "hf": b.launch("hf-predict")}
+            for i in range(1, max(args.teachers_list)):
+                shutil.copytree(work / "store0", work / f"store{i}")
         # item 1: step time and memory
         # item 1: step time and memory; the Trainer on DeepSpeed ZeRO-2 where it runs, and as most of its users run it: without
         hf_errors = {}
-        for ranks in args.ranks:
+        for ranks in args.ranks if "train" in parts else ():
             r = b.launch("road-train", ranks, "deepspeed" if ranks > 1 else "python")
             out["train"].append({"trainer": "road_ds", "backend": "deepspeed-zero2", "ranks": ranks, **strip(r)})
             h = b.launch("hf-train", ranks, "deepspeed", ("--hf-deepspeed",), tag="-ds")
@@ -391,14 +394,14 @@ def run_all(args) -> dict:
         out["hf_deepspeed_errors"] = hf_errors
         # item 2: distillation at 1 rank, the Trainer on DeepSpeed when it ran there (as road_ds), else plain
         hf_ds = "deepspeed --num_gpus 1" not in hf_errors
-        for m in args.teachers_list:
+        for m in args.teachers_list if "distill" in parts else ():
             r = b.launch("road-train", 1, extra=("--teachers", str(m)), tag=f"-kd{m}")
             out["distill"].append({"trainer": "road_ds offline", "M": m, "backend": "deepspeed-zero2", **strip(r)})
             h = b.launch("hf-train", 1, "deepspeed" if hf_ds else "python", ("--teachers", str(m), *(("--hf-deepspeed",) if hf_ds else ())), tag=f"-kd{m}")
             out["distill"].append({"trainer": "hf online", "M": m, "backend": "deepspeed-zero2" if hf_ds else "torch (1 process)", **strip(h)})
         # learning
         learn: dict = {"updates": args.learn_steps, "rows_per_update": args.micro_batch * args.accum}
-        if args.learn_steps:
+        if args.learn_steps and "learning" in parts:
             run_dir = work / "learn-road"
             cmd = [sys.executable, str(REPO / "road_ds" / "train.py"), "--recipe", str(work / "student.yaml"), "--output-dir", str(run_dir),
                    "--deepspeed", str(ZERO2), "--set", f"train.max_steps={args.learn_steps}", "--set", "train.eval_every=0"]
@@ -414,12 +417,12 @@ def run_all(args) -> dict:
                 learn["road_ds"] = {"error": first_error(r.stdout)}
             learn["hf"] = b.launch("hf-learn")
         else:
-            learn["skipped"] = "--learn-steps 0"
+            learn["skipped"] = "--learn-steps 0" if not args.learn_steps else "not in --parts"
         out["learning"] = learn
         out["settings"] = {
             "task": "extractive QA, SQuAD v1.1 (kit slice; no unanswerable questions: all-null F1 is 0)", "model": "minilm-l6 (all-MiniLM-L6-v2)",
             "max_seq_length": 192, "doc_stride": 64, "max_query_length": 48, "precision": "fp32",
-            "train_examples": args.train_rows, "train_features": len(ft), "dev_examples": args.dev_rows, "dev_features": len(dev),
+            "train_examples": args.train_rows, "train_features": len(ft), "dev_examples": len(dev.examples), "dev_features": len(dev),
             "micro_batch": args.micro_batch, "gradient_accumulation": args.accum, "lr": args.lr, "weight_decay": 0.01, "betas": [0.9, 0.999],
             "eps": 1e-6, "grad_clip": 1.0, "schedule": "linear warm-up + linear decay to 0", "warmup_steps": args.learn_steps // 10, "seed": 0,
             "warmup_steps_untimed": args.warmup, "timed_steps": args.steps, "dataloader_workers": 1,
@@ -458,13 +461,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=8, help="timed optimizer steps per speed variant")
     p.add_argument("--warmup", type=int, default=2, help="untimed optimizer steps before them")
     p.add_argument("--learn-steps", type=int, default=100, help="optimizer steps of each learning row (0: skip)")
+    p.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS), help="what to run (distill runs predict: its stores)")
     p.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
     p.add_argument("--teachers-list", type=int, nargs="+", default=[1, 3])
     p.add_argument("--micro-batch", type=int, default=8)
     p.add_argument("--accum", type=int, default=2)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--train-rows", type=int, default=2000, help="train questions (the learning rows see micro × accum × learn-steps features)")
-    p.add_argument("--dev-rows", type=int, default=300)
+    p.add_argument("--dev-rows", type=int, default=300, help="dev questions (0: the kit's whole dev set)")
     p.add_argument("--work", help="work dir (default: a temp dir, removed at the end)")
     p.add_argument("--keep-work", action="store_true")
     # one variant, in its own process (the benchmark starts these itself)

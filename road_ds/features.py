@@ -8,14 +8,19 @@ inputs are a cache hit and any change is a miss.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 
 import datasets
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from road_ds.atomic import file_hash, publishing
 from road_ds.batching import column, offset_pairs
@@ -141,66 +146,132 @@ def load_tokenizer(path: str):
 # ---------------------------------------------------------------------------- conversion
 
 
+def _backend(tokenizer, truncation: dict | None):
+    """The fast tokenizer's Rust backend set to exactly this truncation and no padding. Encoding
+    through it directly skips transformers' copy of every encoding into Python dicts (a quarter
+    of the feature build); transformers re-sets both on its own next call."""
+    bt = tokenizer.backend_tokenizer
+    if bt.padding is not None:
+        bt.no_padding()
+    if truncation is None:
+        if bt.truncation is not None:
+            bt.no_truncation()
+    elif bt.truncation is None or any(bt.truncation.get(k) != v for k, v in truncation.items()):
+        bt.enable_truncation(**truncation)
+    split_special = getattr(tokenizer, "split_special_tokens", False)
+    if hasattr(bt, "encode_special_tokens") and bt.encode_special_tokens != split_special:
+        bt.encode_special_tokens = split_special
+    return bt
+
+
 def _truncate_questions(questions: list[str], tokenizer, max_query_length: int) -> list[str]:
     """Cut each question to at most `max_query_length` tokens, at a token boundary."""
-    enc = tokenizer(questions, add_special_tokens=False, return_offsets_mapping=True)
-    out = []
-    for q, offs in zip(questions, enc["offset_mapping"]):
-        out.append(q[: offs[max_query_length - 1][1]] if len(offs) > max_query_length else q)
-    return out
+    encs = _backend(tokenizer, None).encode_batch(questions, add_special_tokens=False)
+    return [q[: e.offsets[max_query_length - 1][1]] if len(e) > max_query_length else q for q, e in zip(questions, encs)]
 
 
-def _span_batch(batch, tokenizer, params: FeatureParams, name: str, split: str):
-    questions = _truncate_questions([q.lstrip() for q in batch["question"]], tokenizer, params.max_query_length)
-    enc = tokenizer(
-        questions,
-        batch["context"],
-        truncation="only_second",
-        max_length=params.max_seq_length,
-        stride=params.doc_stride,
-        return_overflowing_tokens=True,
-        return_offsets_mapping=True,
-        return_token_type_ids=True,
-    )
-    sample_map = enc["overflow_to_sample_mapping"]
-    out = {k: [] for k in SPAN_COLUMNS}
-    windows: dict[int, int] = {}
-    for i, offsets in enumerate(enc["offset_mapping"]):
-        ex = sample_map[i]
+def _windows(questions: list[str], contexts: list[str], tokenizer, params: FeatureParams) -> tuple[list, list[int]]:
+    """Every window of every (question, context) pair, as the tokenizer's `only_second` truncation
+    with stride makes them (what `tokenizer(..., return_overflowing_tokens=True)` returns), and the
+    example each window belongs to."""
+    truncation = {"max_length": params.max_seq_length, "stride": params.doc_stride, "strategy": "only_second",
+                  "direction": getattr(tokenizer, "truncation_side", "right")}
+    encs = _backend(tokenizer, truncation).encode_batch(list(zip(questions, contexts)), add_special_tokens=True)
+    windows, sample_map = [], []
+    for k, enc in enumerate(encs):
+        for e in (enc, *enc.overflowing):
+            windows.append(e)
+            sample_map.append(k)
+    return windows, sample_map
+
+
+def _list_array(rows: list, dtype) -> pa.ListArray:
+    """Python lists of ints as one Arrow list column, in one pass (no per-row conversion)."""
+    lengths = np.fromiter(map(len, rows), dtype=np.int32, count=len(rows))
+    offsets = np.zeros(len(rows) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    values = np.fromiter(chain.from_iterable(rows), dtype=dtype, count=int(offsets[-1]))
+    return pa.ListArray.from_arrays(offsets, values)
+
+
+def _span_label(offsets: list, first: int, last: int, answers: dict) -> tuple[int, int]:
+    """(start, end) token of the first gold answer inside this window's context (tokens first..last),
+    else (0, 0): [CLS]."""
+    if not answers["text"]:
+        return 0, 0
+    text = answers["text"][0]
+    start_char = answers["answer_start"][0] + (len(text) - len(text.lstrip()))
+    end_char = start_char + len(text.strip())
+    if offsets[first][0] > start_char or offsets[last][1] < end_char:
+        return 0, 0
+    s = first
+    while s <= last and offsets[s][0] <= start_char:
+        s += 1
+    e = last
+    while e >= first and offsets[e][1] >= end_char:
+        e -= 1
+    return s - 1, e + 1
+
+
+def _question_windows(batch, tokenizer, params: FeatureParams) -> tuple[list, list[int]]:
+    """The windows of a batch, questions cut at `max_query_length` tokens. The pair encoding counts
+    each question's tokens (`only_second` never cuts the question), so the questions are tokenized
+    on their own only in a batch that has one too long (or too long to encode beside any context)."""
+    questions = [q.lstrip() for q in batch["question"]]
+    try:
+        encodings, sample_map = _windows(questions, batch["context"], tokenizer, params)
+        first = [i for i, ex in enumerate(sample_map) if i == 0 or sample_map[i - 1] != ex]
+        if all(encodings[i].sequence_ids.count(0) <= params.max_query_length for i in first):
+            return encodings, sample_map
+    except Exception:  # the tokenizer's "sequence to truncate too short": a question that fills the window
+        pass
+    questions = _truncate_questions(questions, tokenizer, params.max_query_length)
+    return _windows(questions, batch["context"], tokenizer, params)
+
+
+def _span_batch(batch, tokenizer, params: FeatureParams, name: str, split: str) -> pa.Table:
+    """One batch of QA examples as token windows, returned as an Arrow table: the columns are built
+    from flat arrays, so no row goes through Python-to-Arrow conversion one list at a time."""
+    encodings, sample_map = _question_windows(batch, tokenizer, params)
+    ids = [e.ids for e in encodings]
+    if any(row[0] != tokenizer.cls_token_id for row in ids):
+        raise DataError(tokenizer.name_or_path, "the tokenizer does not put its [CLS] token first; the no-answer position must be index 0")
+    all_offsets = [e.offsets for e in encodings]
+    windows, example_ids, window_of, starts, ends, ctx_first, ctx_last = {}, [], [], [], [], [], []
+    for i, ex in enumerate(sample_map):
         window = windows.get(ex, 0)
         windows[ex] = window + 1
-        ids = enc["input_ids"][i]
-        if ids[0] != tokenizer.cls_token_id:
-            raise DataError(tokenizer.name_or_path, "the tokenizer does not put its [CLS] token first; the no-answer position must be index 0")
-        seq = enc.sequence_ids(i)
-        in_ctx = np.fromiter((s == 1 for s in seq), dtype=bool, count=len(seq))
-        ctx = np.where(in_ctx[:, None], np.asarray(offsets, dtype=np.int64).reshape(-1, 2), NO_OFFSET).tolist()
-        start = end = 0  # [CLS]: no answer, or the answer is not inside this window
-        answers = batch["answers"][ex]
-        if answers["text"]:
-            text = answers["text"][0]
-            start_char = answers["answer_start"][0] + (len(text) - len(text.lstrip()))
-            end_char = start_char + len(text.strip())
-            first = seq.index(1)
-            last = len(seq) - 1 - seq[::-1].index(1)
-            if offsets[first][0] <= start_char and offsets[last][1] >= end_char:
-                s = first
-                while s <= last and offsets[s][0] <= start_char:
-                    s += 1
-                e = last
-                while e >= first and offsets[e][1] >= end_char:
-                    e -= 1
-                start, end = s - 1, e + 1
-        eid = batch["id"][ex]
-        out["feature_id"].append(feature_id(name, split, eid, window))
-        out["example_id"].append(eid)
-        out["window"].append(window)
-        out["input_ids"].append(ids)
-        out["token_type_ids"].append(enc["token_type_ids"][i])
-        out["offset_mapping"].append(ctx)
-        out["start_positions"].append(start)
-        out["end_positions"].append(end)
-    return out
+        seq = encodings[i].sequence_ids
+        if 1 not in seq:
+            raise DataError(name, f"example '{batch['id'][ex]}' of split '{split}': its context has no tokens", field="context")
+        first, last = seq.index(1), len(seq) - 1 - seq[::-1].index(1)  # the context: one run of sequence 1
+        s, e = _span_label(all_offsets[i], first, last, batch["answers"][ex])
+        example_ids.append(batch["id"][ex])
+        window_of.append(window)
+        starts.append(s)
+        ends.append(e)
+        ctx_first.append(first)
+        ctx_last.append(last)
+    input_ids = _list_array(ids, np.int32)
+    # offsets of tokens outside the context ([CLS], question, [SEP]) become NO_OFFSET
+    bounds = input_ids.offsets.to_numpy()
+    rows = np.repeat(np.arange(len(ids)), np.diff(bounds))  # the window of each token
+    pos = np.arange(bounds[-1]) - bounds[:-1][rows]  # its position in the window
+    outside = (pos < np.asarray(ctx_first)[rows]) | (pos > np.asarray(ctx_last)[rows])
+    flat = np.fromiter(chain.from_iterable(chain.from_iterable(all_offsets)), dtype=np.int32, count=2 * len(pos)).reshape(-1, 2)
+    flat[outside] = NO_OFFSET
+    offset_mapping = pa.ListArray.from_arrays(input_ids.offsets, pa.FixedSizeListArray.from_arrays(flat.reshape(-1), 2))
+    columns = {
+        "feature_id": pa.array([feature_id(name, split, eid, w) for eid, w in zip(example_ids, window_of)], pa.int64()),
+        "example_id": pa.array(example_ids, pa.string()),
+        "window": pa.array(window_of, pa.int32()),
+        "input_ids": input_ids,
+        "token_type_ids": _list_array([e.type_ids for e in encodings], np.int8),
+        "offset_mapping": offset_mapping,
+        "start_positions": pa.array(starts, pa.int32()),
+        "end_positions": pa.array(ends, pa.int32()),
+    }
+    return pa.Table.from_pydict(columns, schema=SPAN_COLUMNS.arrow_schema)
 
 
 def _classification_batch(batch, tokenizer, params: FeatureParams, name: str, split: str):
@@ -222,24 +293,40 @@ def _classification_batch(batch, tokenizer, params: FeatureParams, name: str, sp
     }
 
 
-def convert(examples: datasets.Dataset, spec: DatasetSpec, split: str, tokenizer, params: FeatureParams) -> datasets.Dataset:
-    """Tokenize a split into feature rows (batched, multi-process for large splits)."""
+@contextmanager
+def _gc_paused():
+    """The cyclic garbage collector off while the tokenizer's output is copied into millions of small
+    lists and tuples (freed by reference count, no cycles): each collection it would trigger walks every
+    object of a process that has torch and transformers loaded, a tenth of the build."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def convert(examples: datasets.Dataset, spec: DatasetSpec, split: str, tokenizer, params: FeatureParams, fingerprint: str) -> datasets.Dataset:
+    """Tokenize a split into feature rows (batched, multi-process for large splits). `fingerprint`
+    names the map's output (the features' own): without it datasets pickles the tokenizer to hash it."""
     span = spec.task_type.kind == "span"
     fn = _span_batch if span else _classification_batch
     num_proc = params.num_proc if params.num_proc > 1 and len(examples) >= 2000 else None
-    table = examples.map(
-        fn,
-        batched=True,
-        batch_size=500,
-        num_proc=num_proc,
-        remove_columns=examples.column_names,
-        features=SPAN_COLUMNS if span else CLASSIFICATION_COLUMNS,
-        fn_kwargs=dict(tokenizer=tokenizer, params=params, name=spec.name, split=split),
-        load_from_cache_file=False,
-        desc=f"features {spec.name}/{split}",
-    )
-    ids = np.asarray(table.with_format("numpy")["feature_id"])
-    if len(np.unique(ids)) != len(ids):
+    with _gc_paused():
+        table = examples.map(
+            fn,
+            batched=True,
+            batch_size=500,
+            num_proc=num_proc,
+            remove_columns=examples.column_names,
+            features=SPAN_COLUMNS if span else CLASSIFICATION_COLUMNS,
+            fn_kwargs=dict(tokenizer=tokenizer, params=params, name=spec.name, split=split),
+            load_from_cache_file=False,
+            new_fingerprint=fingerprint,
+            desc=f"features {spec.name}/{split}",
+        )
+    if len(table) and pc.count_distinct(table.data.column("feature_id")).as_py() != len(table):
         raise DataError(spec.name, f"feature_id collision in split '{split}': two windows hash to one id")
     return table
 
@@ -315,13 +402,14 @@ def build_features(recipe: Recipe, name: str, split: str, tokenizer=None, force:
         raise DataError(None, f"no dataset '{name}' in the recipe (it has: {', '.join(d.name for d in recipe.datasets)})") from None
     tokenizer = tokenizer or load_tokenizer(recipe.model.tokenizer_path)
     params = spec.feature_params(recipe.features)
-    fp = fingerprint(spec, split, tokenizer_hash(tokenizer), params)
+    tok_hash = tokenizer_hash(tokenizer)
+    fp = fingerprint(spec, split, tok_hash, params)
     final = feature_cache_dir(params) / spec.name / split / fp
     if (final / "meta.json").exists() and not force:
         return _load(spec, split, fp, final, hit=True)
     t0 = time.time()
     examples = read_split(spec, split)
-    table = convert(examples.table, spec, split, tokenizer, params)
+    table = convert(examples.table, spec, split, tokenizer, params, fingerprint=fp)
     meta = {
         "fingerprint": fp,
         "schema": FEATURE_SCHEMA_VERSION,
@@ -333,7 +421,7 @@ def build_features(recipe: Recipe, name: str, split: str, tokenizer=None, force:
         "split": split,
         "sources": examples.sources,
         "tokenizer": recipe.model.tokenizer_path,
-        "tokenizer_hash": tokenizer_hash(tokenizer),
+        "tokenizer_hash": tok_hash,
         "params": params.model_dump(exclude={"num_proc", "cache_dir"}),
         "examples": len(examples.table),
         "features": len(table),

@@ -64,14 +64,19 @@ def test_span_windows_and_labels(qa_recipe, tiny_tokenizer_dir):
     assert ft.meta["span_roundtrip"] == {"examples": 4, "answerable": 3, "roundtrip_ok": 3, "roundtrip_rate": 1.0}
 
 
-def test_max_query_length_truncates_the_question(tmp_path, tiny_tokenizer_dir, cache_dir):
-    long_q = "who " * 30 + "founded it?"
-    (tmp_path / "q.jsonl").write_text(json.dumps({"id": "x", "question": long_q, "context": CTX, "answers": {"text": ["Paris"], "answer_start": [0]}}) + "\n")
+@pytest.mark.parametrize("words", [30, 80])  # 80: longer than the window itself, so it cannot be encoded uncut
+def test_max_query_length_truncates_the_question(tmp_path, tiny_tokenizer_dir, cache_dir, words):
+    long_q = "who " * words + "founded it?"
+    rows = [{"id": "x", "question": long_q, "context": CTX, "answers": {"text": ["Paris"], "answer_start": [0]}},
+            {"id": "y", "question": "who founded it?", "context": CTX, "answers": {"text": ["Paris"], "answer_start": [0]}}]
+    (tmp_path / "q.jsonl").write_text("".join(json.dumps(x) + "\n" for x in rows))
     r = write_recipe(tmp_path / "r.yaml", tiny_tokenizer_dir, [{"name": "q", "task": "extractive_qa", "format": "qa_jsonl", "files": {"train": "q.jsonl"}}],
                      max_seq_length=64, doc_stride=16, max_query_length=10)
     ft = build_features(load_recipe(r), "q", "train")
-    row = ft.table[0]
-    assert row["token_type_ids"].index(1) == 1 + 10 + 1  # [CLS] + 10 question tokens + [SEP]
+    first = {row["example_id"]: row for row in reversed(ft.table.to_list())}
+    assert first["x"]["token_type_ids"].index(1) == 1 + 10 + 1  # [CLS] + 10 question tokens + [SEP]
+    assert first["y"]["token_type_ids"].index(1) < 1 + 10 + 1  # a short question is not cut
+    assert ft.meta["span_roundtrip"]["roundtrip_ok"] == 2
 
 
 def test_feature_ids_are_stable_and_distinct():

@@ -158,3 +158,14 @@ def test_missing_file_and_split(tmp_path):
     assert "file not found" in str(e) and "nope.jsonl" in str(e)
     e = err(tmp_path, dict(task="sentiment", format="jsonl", files={"train": str(tmp_path / "nope.jsonl")}), split="dev")
     assert "no split 'dev'" in str(e)
+
+
+def test_limit_reads_only_the_first_n(tmp_path):
+    """A split's limit stops the reader: rows past it (here a bad label) are never parsed, across files."""
+    a = write_jsonl(tmp_path / "a.jsonl", [{"text": "fine", "label": "positive"}])
+    b = write_jsonl(tmp_path / "b.jsonl", [{"text": "bad", "label": "negative"}, {"text": "meh", "label": "neutral"}])
+    d = dict(task="sentiment", format="jsonl", columns={"text_a": "text"}, files={"train": [str(a), str(b)]})
+    ex = read_split(spec(tmp_path, **d, limit={"train": 2}), "train")
+    assert ex.table["text_a"] == ["fine", "bad"]
+    e = err(tmp_path, d)
+    assert (e.path, e.row, e.field) == (str(b), 2, "label")
