@@ -170,19 +170,14 @@ def _truncate_questions(questions: list[str], tokenizer, max_query_length: int) 
     return [q[: e.offsets[max_query_length - 1][1]] if len(e) > max_query_length else q for q, e in zip(questions, encs)]
 
 
-def _windows(questions: list[str], contexts: list[str], tokenizer, params: FeatureParams) -> tuple[list, list[int]]:
+def _windows(questions: list[str], contexts: list[str], tokenizer, params: FeatureParams) -> list[tuple[int, int, object]]:
     """Every window of every (question, context) pair, as the tokenizer's `only_second` truncation
-    with stride makes them (what `tokenizer(..., return_overflowing_tokens=True)` returns), and the
-    example each window belongs to."""
+    with stride makes them (what `tokenizer(..., return_overflowing_tokens=True)` returns), as
+    (example index, window number, encoding)."""
     truncation = {"max_length": params.max_seq_length, "stride": params.doc_stride, "strategy": "only_second",
                   "direction": getattr(tokenizer, "truncation_side", "right")}
     encs = _backend(tokenizer, truncation).encode_batch(list(zip(questions, contexts)), add_special_tokens=True)
-    windows, sample_map = [], []
-    for k, enc in enumerate(encs):
-        for e in (enc, *enc.overflowing):
-            windows.append(e)
-            sample_map.append(k)
-    return windows, sample_map
+    return [(k, w, e) for k, enc in enumerate(encs) for w, e in enumerate((enc, *enc.overflowing))]
 
 
 def _list_array(rows: list, dtype) -> pa.ListArray:
@@ -213,16 +208,15 @@ def _span_label(offsets: list, first: int, last: int, answers: dict) -> tuple[in
     return s - 1, e + 1
 
 
-def _question_windows(batch, tokenizer, params: FeatureParams) -> tuple[list, list[int]]:
+def _question_windows(batch, tokenizer, params: FeatureParams) -> list[tuple[int, int, object]]:
     """The windows of a batch, questions cut at `max_query_length` tokens. The pair encoding counts
     each question's tokens (`only_second` never cuts the question), so the questions are tokenized
     on their own only in a batch that has one too long (or too long to encode beside any context)."""
     questions = [q.lstrip() for q in batch["question"]]
     try:
-        encodings, sample_map = _windows(questions, batch["context"], tokenizer, params)
-        first = [i for i, ex in enumerate(sample_map) if i == 0 or sample_map[i - 1] != ex]
-        if all(encodings[i].sequence_ids.count(0) <= params.max_query_length for i in first):
-            return encodings, sample_map
+        windows = _windows(questions, batch["context"], tokenizer, params)
+        if all(e.sequence_ids.count(0) <= params.max_query_length for _, w, e in windows if w == 0):
+            return windows
     except Exception:  # the tokenizer's "sequence to truncate too short": a question that fills the window
         pass
     questions = _truncate_questions(questions, tokenizer, params.max_query_length)
@@ -232,16 +226,14 @@ def _question_windows(batch, tokenizer, params: FeatureParams) -> tuple[list, li
 def _span_batch(batch, tokenizer, params: FeatureParams, name: str, split: str) -> pa.Table:
     """One batch of QA examples as token windows, returned as an Arrow table: the columns are built
     from flat arrays, so no row goes through Python-to-Arrow conversion one list at a time."""
-    encodings, sample_map = _question_windows(batch, tokenizer, params)
-    ids = [e.ids for e in encodings]
+    windows = _question_windows(batch, tokenizer, params)
+    ids = [e.ids for _, _, e in windows]
     if any(row[0] != tokenizer.cls_token_id for row in ids):
         raise DataError(tokenizer.name_or_path, "the tokenizer does not put its [CLS] token first; the no-answer position must be index 0")
-    all_offsets = [e.offsets for e in encodings]
-    windows, example_ids, window_of, starts, ends, ctx_first, ctx_last = {}, [], [], [], [], [], []
-    for i, ex in enumerate(sample_map):
-        window = windows.get(ex, 0)
-        windows[ex] = window + 1
-        seq = encodings[i].sequence_ids
+    all_offsets = [e.offsets for _, _, e in windows]
+    example_ids, window_of, starts, ends, ctx_first, ctx_last = [], [], [], [], [], []
+    for i, (ex, window, enc) in enumerate(windows):
+        seq = enc.sequence_ids
         if 1 not in seq:
             raise DataError(name, f"example '{batch['id'][ex]}' of split '{split}': its context has no tokens", field="context")
         first, last = seq.index(1), len(seq) - 1 - seq[::-1].index(1)  # the context: one run of sequence 1
@@ -266,7 +258,7 @@ def _span_batch(batch, tokenizer, params: FeatureParams, name: str, split: str) 
         "example_id": pa.array(example_ids, pa.string()),
         "window": pa.array(window_of, pa.int32()),
         "input_ids": input_ids,
-        "token_type_ids": _list_array([e.type_ids for e in encodings], np.int8),
+        "token_type_ids": _list_array([e.type_ids for _, _, e in windows], np.int8),
         "offset_mapping": offset_mapping,
         "start_positions": pa.array(starts, pa.int32()),
         "end_positions": pa.array(ends, pa.int32()),
