@@ -219,7 +219,27 @@ def kd_trainer_class():
     return DistillTrainer
 
 
-def hf_trainer(args, max_steps: int, warmup: int, deepspeed: dict | None, callbacks=(), teachers: int = 0):
+def support_ce_trainer_class(sep_id: int):
+    """The Trainer with road_ds's span loss in place of the model's: start/end CE over the support
+    (context tokens and [CLS]) only. Not how users run it: the diagnostic for the learning gap."""
+    import torch.nn.functional as F
+    from transformers import Trainer
+
+    class SupportCETrainer(Trainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            gold = {k: inputs[k] for k in ("start_positions", "end_positions")}
+            out = model(**{k: v for k, v in inputs.items() if k not in gold})
+            ids = inputs["input_ids"]
+            support = (inputs["token_type_ids"] == 1) & (inputs["attention_mask"] == 1) & (ids != sep_id)
+            support[:, 0] = True  # [CLS]: the no-answer position, as road_ds.batching.collate
+            loss = sum(F.cross_entropy(getattr(out, f"{side}_logits").masked_fill(~support, -torch.inf), gold[f"{side}_positions"])
+                       for side in ("start", "end")) / 2
+            return (loss, out) if return_outputs else loss
+
+    return SupportCETrainer
+
+
+def hf_trainer(args, max_steps: int, warmup: int, deepspeed: dict | None, callbacks=(), teachers: int = 0, support_ce: bool = False):
     from transformers import AutoModelForQuestionAnswering, DataCollatorWithPadding, Trainer, set_seed
 
     work = Path(args.work)
@@ -230,6 +250,8 @@ def hf_trainer(args, max_steps: int, warmup: int, deepspeed: dict | None, callba
     if teachers:
         t = AutoModelForQuestionAnswering.from_pretrained(str(teacher_hf_dir(work))).eval()
         kw, cls = {"teachers": [t] + [AutoModelForQuestionAnswering.from_pretrained(str(teacher_hf_dir(work))).eval() for _ in range(teachers - 1)]}, kd_trainer_class()
+    elif support_ce:
+        cls = support_ce_trainer_class(tok.sep_token_id)
     targs = training_args(args, work / "hf-runs" / Path(args.result).stem, max_steps, warmup, deepspeed)
     trainer = cls(model=model, args=targs, train_dataset=hf_dataset(ft), data_collator=DataCollatorWithPadding(tok), callbacks=list(callbacks), **kw)
     return trainer, recipe, tok
@@ -250,7 +272,7 @@ def hf_learn(args) -> None:
     """Trainer.train() for --learn-steps, then road_ds's own scoring of the HF model's logits on the dev features."""
     from road_ds.evaluate import evaluate_split
 
-    trainer, recipe, tok = hf_trainer(args, args.learn_steps, args.learn_steps // 10, None)
+    trainer, recipe, tok = hf_trainer(args, args.learn_steps, args.learn_steps // 10, None, support_ce=args.hf_support_ce)
     t0 = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - t0
@@ -416,6 +438,8 @@ def run_all(args) -> dict:
             else:
                 learn["road_ds"] = {"error": first_error(r.stdout)}
             learn["hf"] = b.launch("hf-learn")
+            if args.learn_support_ce:
+                learn["hf_support_ce"] = b.launch("hf-learn", extra=("--hf-support-ce",), tag="-support-ce")
         else:
             learn["skipped"] = "--learn-steps 0" if not args.learn_steps else "not in --parts"
         out["learning"] = learn
@@ -467,6 +491,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--micro-batch", type=int, default=8)
     p.add_argument("--accum", type=int, default=2)
     p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--learn-support-ce", action="store_true",
+                   help="learning: also train the Trainer on road_ds's span loss (CE over context + [CLS]), the diagnostic for a gap")
     p.add_argument("--train-rows", type=int, default=2000, help="train questions (the learning rows see micro × accum × learn-steps features)")
     p.add_argument("--dev-rows", type=int, default=300, help="dev questions (0: the kit's whole dev set)")
     p.add_argument("--work", help="work dir (default: a temp dir, removed at the end)")
@@ -476,6 +502,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--result")
     p.add_argument("--teachers", type=int, default=0)
     p.add_argument("--hf-deepspeed", action="store_true")
+    p.add_argument("--hf-support-ce", action="store_true")
     p.add_argument("--local_rank", "--local-rank", type=int, default=0, help=argparse.SUPPRESS)
     return p
 

@@ -34,6 +34,26 @@ def open_text(path: Path):
     return gzip.open(path, "rt", encoding="utf-8") if gz else open(path, encoding="utf-8", newline="")
 
 
+def delimited_rows(path: Path, delimiter: str, quoting: bool = False, required: tuple[str, ...] = ()) -> Records:
+    """(line number, {column: value}) for each non-blank row of a delimited file with a header row;
+    a header without a `required` column, or a row whose field count differs from the header's, is an error."""
+    csv.field_size_limit(sys.maxsize)
+    with open_text(path) as fh:
+        reader = csv.reader(fh, delimiter=delimiter, quoting=csv.QUOTE_MINIMAL if quoting else csv.QUOTE_NONE)
+        header = next(reader, None)
+        if not header:
+            raise DataError(path, "empty file: no header row", row=1)
+        missing = sorted(set(required) - set(header))
+        if missing:
+            raise DataError(path, f"the header lacks {', '.join(missing)}", row=1, field=missing[0])
+        for values in reader:
+            if not values:
+                continue
+            if len(values) != len(header):
+                raise DataError(path, f"{len(values)} fields where the header has {len(header)}", row=reader.line_num)
+            yield reader.line_num, dict(zip(header, values))
+
+
 def jsonl_lines(path: Path) -> Records:
     """(line number, object) for each non-blank line of a JSON-lines file."""
     with open_text(path) as fh:
@@ -282,22 +302,13 @@ def amazon_jsonl_records(path: Path, spec, skipped: Counter) -> Records:
 
 def amazon_tsv_records(path: Path, spec, skipped: Counter) -> Records:
     """The Amazon Customer Reviews dataset's TSV (header row; `review_id`, `star_rating`, `review_body`)."""
-    csv.field_size_limit(sys.maxsize)
-    with open_text(path) as fh:
-        reader = csv.DictReader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)
-        missing = {"review_id", "star_rating", "review_body"} - set(reader.fieldnames or [])
-        if missing:
-            raise DataError(path, f"the header lacks {', '.join(sorted(missing))}", row=1, field=sorted(missing)[0])
-        for rec in reader:
-            n = reader.line_num
-            if None in rec or any(v is None for v in rec.values()):
-                raise DataError(path, f"the row's field count differs from the header's {len(reader.fieldnames)}", row=n)
-            if not rec["review_body"].strip():
-                skipped["review without text"] += 1
-                continue
-            label = _rating(path, n, rec["star_rating"], "star_rating", spec.rating, skipped)
-            if label is not None:
-                yield n, {"id": rec["review_id"], "text_a": rec["review_body"], "text_b": None, "label": label}
+    for n, rec in delimited_rows(path, "\t", required=("review_id", "star_rating", "review_body")):
+        if not rec["review_body"].strip():
+            skipped["review without text"] += 1
+            continue
+        label = _rating(path, n, rec["star_rating"], "star_rating", spec.rating, skipped)
+        if label is not None:
+            yield n, {"id": rec["review_id"], "text_a": rec["review_body"], "text_b": None, "label": label}
 
 
 # A layout's reader, by format name (tasks.FORMATS marks these formats `fixed`: their columns are theirs).

@@ -8,9 +8,7 @@ tokenizer or model sees it.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,22 +140,7 @@ def _records(spec: DatasetSpec, split: str, f: str, skipped: Counter) -> tuple[I
                 raise DataError(path, f"has no split '{split}' (it has: {', '.join(ds)})")
             ds = ds[split]
         return ((i + 1, r) for i, r in enumerate(ds)), str(path)
-    return _delimited_records(path, FORMATS[fmt]), str(path)
-
-
-def _delimited_records(path: Path, fmt):
-    csv.field_size_limit(sys.maxsize)
-    with corpora.open_text(path) as fh:
-        reader = csv.reader(fh, delimiter=fmt.delimiter, quoting=csv.QUOTE_MINIMAL if fmt.quoting else csv.QUOTE_NONE)
-        header = next(reader, None)
-        if not header:
-            raise DataError(path, "empty file: no header row", row=1)
-        for values in reader:
-            if not values:
-                continue
-            if len(values) != len(header):
-                raise DataError(path, f"{len(values)} fields where the header has {len(header)}", row=reader.line_num)
-            yield reader.line_num, dict(zip(header, values))
+    return corpora.delimited_rows(path, FORMATS[fmt].delimiter, FORMATS[fmt].quoting), str(path)
 
 
 # ---------------------------------------------------------------------------- canonical rows
