@@ -24,6 +24,7 @@ when a function here is called.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections import defaultdict
@@ -276,7 +277,7 @@ def read_onnx_bert(source) -> tuple[dict[str, np.ndarray], dict, dict]:
 
 
 def convert_onnx_to_bert(source, out_dir, *, dtype: str = "float32") -> dict:
-    """Write ``out_dir/config.json`` and ``out_dir/model.safetensors`` (``save_pretrained``)."""
+    """Write ``out_dir/model.safetensors`` (``save_pretrained``) and ``out_dir/config.json``."""
     import torch
     from transformers import BertConfig, BertModel
 
@@ -305,6 +306,12 @@ def convert_onnx_to_bert(source, out_dir, *, dtype: str = "float32") -> dict:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out_dir), safe_serialization=True)
+    # save_pretrained's config.json records the installed transformers version (and, by version, a
+    # dtype key under one name or another): the kit's file must be the same bytes under any version,
+    # so it holds just what the ONNX graph fixed; transformers fills the rest with BertConfig defaults.
+    fixed = {"architectures": ["BertModel"], "model_type": "bert", **cfg}
+    (out_dir / "config.json").write_text(json.dumps(fixed, indent=2, sort_keys=True) + "\n",
+                                         encoding="utf-8")
     info = dict(info)
     info.update(
         config=cfg,
