@@ -17,8 +17,11 @@
 # Time limits and preemption: Slurm sends SIGUSR1 to the ranks 5 minutes before the limit (and
 # SIGTERM on preemption); the trainer saves a checkpoint at the next step boundary and exits. If the
 # run is not finished (no eval_results.json), this script requeues the job, and the requeued job
-# resumes from the latest checkpoint of $OUT by itself. A job killed abruptly is requeued as well and
-# loses at most the steps since its last checkpoint (train.save_every). At most $MAX_REQUEUES times.
+# resumes from the latest checkpoint of $OUT by itself. A job whose ranks die abruptly is requeued as
+# well and loses at most the steps since its last checkpoint (train.save_every). At most $MAX_REQUEUES
+# times. A job Slurm itself is ending is not requeued by this script: a plain `scancel` stops the run
+# for good (it checkpoints first; submitting again with the same OUT resumes it), and preemption
+# requeues through Slurm's PreemptMode=REQUEUE.
 #
 # Edit the defaults below for your cluster (partition, GPUs, time), or override them on the command line.
 #SBATCH --job-name=road-train
@@ -69,6 +72,15 @@ if (( ${SLURM_RESTART_COUNT:-0} >= MAX_REQUEUES )); then
   exit 1
 fi
 if [[ -n ${SLURM_JOB_ID:-} ]]; then
+  # RUNNING: the ranks stopped on their own (the time-limit signal, a crash, killed ranks). Any other
+  # state (shown as COMPLETING) means Slurm is ending the job itself: scancel, the time limit passed,
+  # or preemption, where PreemptMode=REQUEUE requeues a --requeue job without us.
+  job_state=$(scontrol show job -o "$SLURM_JOB_ID" 2>/dev/null | grep -o 'JobState=[A-Z_]*' | head -n 1)
+  job_state=${job_state#JobState=}
+  if [[ -n $job_state && $job_state != RUNNING ]]; then
+    echo "stopped before the end (srun exit $rc) while Slurm ends job $SLURM_JOB_ID ($job_state): not requeued; submit again with the same OUT to resume"
+    exit 1
+  fi
   echo "stopped before the end (srun exit $rc): requeueing job $SLURM_JOB_ID to resume from the latest checkpoint"
   scontrol requeue "$SLURM_JOB_ID"
 fi

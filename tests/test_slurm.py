@@ -1,6 +1,7 @@
 """The real sbatch scripts on a one-node Slurm cluster (tests/slurm_cluster.sh; CI starts it):
 precompute of 2 teachers as an array, a 2-rank student with KD after it, preemption by signal and an
-abrupt kill, each followed by a requeue that resumes."""
+abrupt kill, each followed by a requeue that resumes; a plain scancel, not requeued, then a resubmit that
+resumes."""
 
 from __future__ import annotations
 
@@ -166,6 +167,32 @@ def test_abrupt_kill_loses_at_most_the_steps_since_the_checkpoint(pipeline):
     wait_done([job], d)
     log = (d / f"killed-{job}.out").read_text()
     assert "requeueing job" in log and "resumed from" in log, log[-3000:]
+    ref, got = losses(d / "run"), losses(out)
+    assert sorted(got) == list(range(1, 17))
+    assert got[16] == pytest.approx(ref[16], abs=1e-6, rel=1e-6)
+
+
+def test_scancel_is_not_requeued_and_a_resubmit_resumes(pipeline):
+    """A plain scancel is the user's "stop": the ranks checkpoint, the job ends CANCELLED without a
+    requeue, and submitting again with the same output dir resumes to the uninterrupted run's loss."""
+    d, env = pipeline
+    out = d / "cancelled"
+    job = _submit_student(d, env, out)
+    _wait_for_checkpoint(out, job, 4)
+    subprocess.run(["scancel", job], check=True)
+    deadline = time.time() + 120
+    while state(job) not in ("CANCELLED", "GONE") and time.time() < deadline:
+        time.sleep(1)
+    time.sleep(3)  # a requeue would show within the batch shell's last seconds
+    shown = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True).stdout
+    assert "JobState=CANCELLED" in shown and "Restarts=0" in shown, shown
+    log = (d / f"cancelled-{job}.out").read_text()
+    assert "not requeued" in log and "requeueing job" not in log, log[-3000:]
+    assert not (out / "eval_results.json").exists()
+    again = _submit_student(d, env, out)
+    wait_done([again], d)
+    log = (d / f"cancelled-{again}.out").read_text()
+    assert "resumed from" in log, log[-3000:]
     ref, got = losses(d / "run"), losses(out)
     assert sorted(got) == list(range(1, 17))
     assert got[16] == pytest.approx(ref[16], abs=1e-6, rel=1e-6)
