@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import signal
+import socket
 import sys
 import time
 from dataclasses import dataclass, field
@@ -258,6 +259,10 @@ def setup(args) -> Run:
     init_deepspeed(cpu)
     rank, world = dist.get_rank(), dist.get_world_size()
     device, stop, log = pick_device(int(os.environ.get("LOCAL_RANK", 0))), StopFlag(), rank0_logger(rank == 0)
+    if world > 1:  # where each rank runs: a multi-node job's placement, in its log
+        hosts = [None] * world
+        dist.all_gather_object(hosts, socket.gethostname())
+        log("ranks on hosts: " + ", ".join(f"{r} {h}" for r, h in enumerate(hosts)))
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "recipe.resolved.json", recipe.model_dump(mode="json"))

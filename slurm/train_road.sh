@@ -58,7 +58,7 @@ while IFS= read -r line; do if [[ -n $line ]]; then set_args+=(--set "$line"); f
 # the ranks get the signals and checkpoint; this shell only notes them and waits for srun
 trap 'echo "signal received: the ranks checkpoint and stop"' USR1 TERM
 
-echo "job ${SLURM_JOB_ID:-?} (restart ${SLURM_RESTART_COUNT:-0}): ${SLURM_NTASKS:-1} ranks on ${SLURM_JOB_NODELIST:-localhost}, output $OUT"
+echo "job ${SLURM_JOB_ID:-?} (restart ${SLURM_RESTART_COUNT:-0}): ${SLURM_NTASKS:-1} ranks on ${SLURM_JOB_NODELIST:-localhost}, output $OUT${NCCL_SOCKET_IFNAME:+, NCCL on $NCCL_SOCKET_IFNAME}${GLOO_SOCKET_IFNAME:+, gloo on $GLOO_SOCKET_IFNAME}"
 # shellcheck disable=SC2086  # EXTRA_ARGS is a list of arguments on purpose
 srun --kill-on-bad-exit=1 "$PYTHON" road_ds/train.py --deepspeed "$DS_CONFIG" --recipe "$RECIPE" --output-dir "$OUT" "${set_args[@]}" ${EXTRA_ARGS:-}
 rc=$?

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import write_tiny_tokenizer
+from slurm_jobs import losses, sbatch, state, wait_done, wait_for_checkpoint
 from test_train import _data, _recipe, write_teacher_export
 
-REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slurm
 
 
@@ -36,44 +36,6 @@ def cluster():
         if os.environ.get("ROAD_DS_REQUIRE_SLURM") == "1":
             pytest.fail("no Slurm cluster: run `bash tests/slurm_cluster.sh start` (as root)")
         pytest.skip("no Slurm cluster (bash tests/slurm_cluster.sh start)")
-
-
-def sbatch(*args, env: dict) -> str:
-    r = subprocess.run(["sbatch", "--parsable", *map(str, args)], cwd=REPO, env={**os.environ, **env}, capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    return r.stdout.strip().split(";")[0]
-
-
-FAILED_STATES = ("FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "DEPENDENCY_NEVER_SATISFIED")
-
-
-def state(job: str) -> str:
-    """A job's state; for an array, the worst of its tasks'. A job whose dependency failed waits
-    forever in PENDING: that is a failure too."""
-    r = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True)
-    states = [tok.split("=", 1)[1] for tok in r.stdout.split() if tok.startswith("JobState=")]
-    if "Reason=DependencyNeverSatisfied" in r.stdout:
-        return "DEPENDENCY_NEVER_SATISFIED"
-    if not states:
-        return "GONE"
-    return next((s for s in states if s in FAILED_STATES), next((s for s in states if s != "COMPLETED"), "COMPLETED"))
-
-
-def wait_done(jobs: list[str], logs: Path, timeout: float = 900) -> None:
-    """Until every job completed; on a failure, its output files' tails in the message, and the jobs
-    cancelled (left running, they would compete with the tests that follow)."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        states = [state(j) for j in jobs]
-        if all(s in ("COMPLETED", "GONE") for s in states):
-            return
-        if any(s in FAILED_STATES for s in states):
-            break
-        time.sleep(2)
-    final = [state(j) for j in jobs]
-    subprocess.run(["scancel", *jobs], capture_output=True)
-    tails = "\n".join(f"--- {f.name}\n" + "\n".join(f.read_text(errors="replace").splitlines()[-15:]) for f in sorted(logs.glob("*.out")))
-    pytest.fail(f"jobs {jobs}: {final} (timeout {timeout} s)\n{tails}")
 
 
 @pytest.fixture(scope="module")
@@ -94,11 +56,6 @@ def pipeline(cluster, tmp_path_factory):
                      "slurm/train_road.sh", env={**env, "RECIPE": str(d / "student.yaml"), "OUT": str(d / "run")})
     wait_done([array, student], d)
     return d, env
-
-
-def losses(out: Path) -> dict[int, float]:
-    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    return {r["step"]: r["loss"] for r in rows if "loss" in r}
 
 
 def test_precompute_array_then_student_with_kd(pipeline):
@@ -124,22 +81,11 @@ def _submit_student(d: Path, env: dict, out: Path) -> str:
                   env={**env, "RECIPE": str(d / "student.yaml"), "OUT": str(out)})
 
 
-def _wait_for_checkpoint(out: Path, job: str, at_least: int, timeout: float = 600) -> None:
-    latest = out / "checkpoints" / "latest"
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if latest.exists() and int(latest.read_text().strip().split("-")[1]) >= at_least:
-            return
-        assert state(job) in ("PENDING", "RUNNING", "CONFIGURING"), state(job)
-        time.sleep(0.2)
-    pytest.fail("no checkpoint in time")
-
-
 def test_preemption_signal_checkpoints_requeues_and_ends_with_the_same_loss(pipeline):
     d, env = pipeline
     out = d / "preempted"
     job = _submit_student(d, env, out)
-    _wait_for_checkpoint(out, job, 4)
+    wait_for_checkpoint(out, job, 4)
     subprocess.run(["scancel", "--signal=USR1", job], check=True)  # what --signal=USR1@300 sends before the time limit
     wait_done([job], d)
     log = (d / f"preempted-{job}.out").read_text()
@@ -154,7 +100,7 @@ def test_abrupt_kill_loses_at_most_the_steps_since_the_checkpoint(pipeline):
     d, env = pipeline
     out = d / "killed"
     job = _submit_student(d, env, out)
-    _wait_for_checkpoint(out, job, 4)
+    wait_for_checkpoint(out, job, 4)
     pids = subprocess.run(["pgrep", "-f", "--", f"--output-dir {out}"], capture_output=True, text=True).stdout.split()
     ranks = []
     for p in pids:  # the python ranks themselves, not srun or the batch shell
@@ -178,7 +124,7 @@ def test_scancel_is_not_requeued_and_a_resubmit_resumes(pipeline):
     d, env = pipeline
     out = d / "cancelled"
     job = _submit_student(d, env, out)
-    _wait_for_checkpoint(out, job, 4)
+    wait_for_checkpoint(out, job, 4)
     subprocess.run(["scancel", job], check=True)
     deadline = time.time() + 120
     while state(job) not in ("CANCELLED", "GONE") and time.time() < deadline:
