@@ -26,7 +26,8 @@ from road_ds.errors import DataError
 from road_ds.recipe import Recipe
 
 # train fields a resumed run may change: bookkeeping, not what is learned
-VOLATILE = {"max_steps", "eval_every", "save_every", "log_every", "num_workers", "keep_checkpoints", "eval_batch_size"}
+VOLATILE = {"max_steps", "eval_every", "save_every", "log_every", "num_workers", "keep_checkpoints", "eval_batch_size",
+            "collective_timeout_s"}
 
 
 def recipe_hash(recipe: Recipe) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 import subprocess
 import sys
@@ -87,7 +88,7 @@ SHM_PREFIX = "deepspeed_allreduce_buffer"
 SHM_SEGMENT_BYTES = 69_206_024
 
 
-def init_deepspeed(cpu: bool) -> None:
+def init_deepspeed(cpu: bool, timeout_s: float = 600) -> None:
     """deepspeed.init_distributed, without DeepSpeed's /dev/shm leak on CPU.
 
     Left alone, every CPU run leaves one all-reduce segment per rank in /dev/shm (RAM) under a name
@@ -95,14 +96,24 @@ def init_deepspeed(cpu: bool) -> None:
     peers spin forever waiting to map it. So: refuse to start when /dev/shm cannot hold this node's
     segments, and once every rank has mapped every peer's (init_distributed returns only then; the
     barrier makes it every rank), unlink our own name: the memory stays mapped and is freed when the
-    last rank exits, even on a kill."""
+    last rank exits, even on a kill.
+
+    `timeout_s` bounds every collective: a rank whose peer is gone (a lost host, a hung process)
+    fails after it instead of waiting forever, and the job's requeue takes over."""
     import deepspeed
     import torch.distributed as dist
+    from torch.distributed import distributed_c10d
 
     shm = cpu and _shm_in_use()
     if shm:
         _check_shm_room()
-    deepspeed.init_distributed(dist_backend="gloo" if cpu else "nccl")
+    timeout = datetime.timedelta(seconds=timeout_s)
+    # DeepSpeed's data-parallel group is a new_group() of all ranks, which takes torch's default
+    # timeout (30 min), not the one given to init_distributed: set the default itself
+    distributed_c10d.default_pg_timeout = timeout
+    if distributed_c10d.default_pg_nccl_timeout is not None:
+        distributed_c10d.default_pg_nccl_timeout = timeout
+    deepspeed.init_distributed(dist_backend="gloo" if cpu else "nccl", timeout=timeout)
     if shm:
         dist.barrier()
         shm_segment(dist.get_rank()).unlink(missing_ok=True)

@@ -80,6 +80,9 @@ class TrainSpec(_Strict):
     eval_batch_size: int = Field(32, ge=1)
     n_best_size: int = Field(20, ge=1)
     max_answer_length: int = Field(30, ge=1)
+    # seconds a rank waits on its peers in one collective before the run fails (a lost host or a hung
+    # rank); DeepSpeed's own default
+    collective_timeout_s: int = Field(600, ge=1)
 
 
 class MTLSpec(_Strict):

@@ -256,7 +256,7 @@ def setup(args) -> Run:
     recipe = load_recipe(args.recipe, args.set or [])
     out, cpu = Path(args.output_dir), not torch.cuda.is_available()
     ds_config = engine_config(recipe, args.deepspeed_config, export_env().size, cpu)  # a contradiction stops us before any work
-    init_deepspeed(cpu)
+    init_deepspeed(cpu, recipe.train.collective_timeout_s)
     rank, world = dist.get_rank(), dist.get_world_size()
     device, stop, log = pick_device(int(os.environ.get("LOCAL_RANK", 0))), StopFlag(), rank0_logger(rank == 0)
     if world > 1:  # where each rank runs: a multi-node job's placement, in its log

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-SCRIPTS = [REPO / "slurm" / "train_road.sh", REPO / "slurm" / "precompute_logits.sh", REPO / "tests" / "slurm_cluster.sh", REPO / "tests" / "slurm_nodes.sh", REPO / ".ci" / "run",
+SCRIPTS = [REPO / "slurm" / "train_road.sh", REPO / "slurm" / "precompute_logits.sh", REPO / "slurm" / "deepspeed_launch.sh",
+           REPO / "tests" / "slurm_cluster.sh", REPO / "tests" / "slurm_nodes.sh", REPO / ".ci" / "run",
            REPO / "bench" / "gpu.sh"]
 
 

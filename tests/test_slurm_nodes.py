@@ -1,8 +1,9 @@
 """The sbatch scripts across separate hosts (tests/slurm_nodes.sh: network namespaces on one bridge,
 one slurmd each; CI starts it): a precompute array spread over both hosts gives the stores of a
 one-host run byte for byte; a student job with one rank per host (gloo over the link) has the losses
-of the same job with both ranks on one host, on ZeRO-2 and ZeRO-3; killing one host's ranks mid-run
-requeues the job, which resumes on both hosts to the uninterrupted final loss."""
+of the same job with both ranks on one host, on ZeRO-2 and ZeRO-3; faults (a host's ranks killed, the
+time-limit signal, a host's link cut) end in a requeue that resumes to the uninterrupted losses; the
+deepspeed launcher's hostfile route says it needs ssh, and on one host trains as srun does."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -81,9 +83,9 @@ def test_a_precompute_array_over_two_hosts_writes_the_one_host_stores_byte_for_b
         assert [k for k in got if got[k] != ref[k]] == []
 
 
-def _student(d: Path, env: dict, out: str, *placement: str, ds_config: str = "ds_configs/zero2.json") -> str:
+def _student(d: Path, env: dict, out: str, *placement: str, ds_config: str = "ds_configs/zero2.json", sets: str = "") -> str:
     return sbatch(*placement, "--cpus-per-task=1", f"--output={d}/{out}-%j.out", "slurm/train_road.sh",
-                  env={**env, "RECIPE": str(d / "student.yaml"), "OUT": str(d / out), "DS_CONFIG": ds_config}, prefix=HEAD)
+                  env={**env, "RECIPE": str(d / "student.yaml"), "OUT": str(d / out), "DS_CONFIG": ds_config, "SETS": sets}, prefix=HEAD)
 
 
 def _uninterrupted(d: Path, env: dict) -> dict[int, float]:
@@ -91,6 +93,14 @@ def _uninterrupted(d: Path, env: dict) -> dict[int, float]:
     out = d / "across-zero2"
     if not (out / "eval_results.json").exists():
         wait_done([_student(d, env, "across-zero2", "--nodes=2", "--ntasks-per-node=1")], d, prefix=HEAD)
+    return losses(out)
+
+
+def _one_host(d: Path, env: dict) -> dict[int, float]:
+    """The losses of the ZeRO-2 student with both ranks on the first host, started by srun."""
+    out = d / "one-host-zero2"
+    if not (out / "eval_results.json").exists():
+        wait_done([_student(d, env, "one-host-zero2", "--nodes=1", f"--nodelist={HOSTS[0]}", "--ntasks-per-node=2")], d, prefix=HEAD)
     return losses(out)
 
 
@@ -145,3 +155,93 @@ def test_killing_one_hosts_ranks_requeues_and_resumes_on_both_hosts(work):
     got, ref = losses(out), _uninterrupted(d, env)
     assert sorted(got) == list(range(1, 17))
     assert got[16] == pytest.approx(ref[16], abs=1e-6, rel=1e-6)
+
+
+def test_the_time_limit_signal_to_a_two_host_job_checkpoints_once_on_every_rank_and_resumes(work):
+    """What --signal=USR1@300 sends before the limit, to both hosts' ranks: they agree on one step,
+    each writes its own part of that one checkpoint, and the requeued job has every loss of the
+    uninterrupted run."""
+    d, env, _ = work
+    out = d / "preempted"
+    job = _student(d, env, "preempted", "--nodes=2", "--ntasks-per-node=1", sets="train.keep_checkpoints=100")
+    wait_for_checkpoint(out, job, 4, prefix=HEAD)
+    assert slurm("scancel", "--signal=USR1", job, prefix=HEAD).returncode == 0
+    wait_done([job], d, prefix=HEAD)
+    log = (d / f"preempted-{job}.out").read_text()
+    stops = [int(x.split("stopped by a signal at step ")[1].split(":")[0]) for x in log.splitlines() if "stopped by a signal at step" in x]
+    assert len(stops) == 1 and "requeueing job" in log and f"at step {stops[0]}" in log.split("resumed from")[1], log[-3000:]
+    files = sorted(p.name for p in (out / "checkpoints" / f"step-{stops[0]:08d}").iterdir())
+    assert files == ["mp_rank_00_model_states.pt", "rng-rank00000.pt", "rng-rank00001.pt",
+                     "zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"], files
+    ref, got = _uninterrupted(d, env), losses(out)
+    assert sorted(got) == list(range(1, 17))
+    for s in ref:
+        assert got[s] == pytest.approx(ref[s], abs=1e-6, rel=1e-6), (s, got[s], ref[s])
+
+
+def _link(host: int, up: bool) -> None:
+    subprocess.run(["ip", "-n", "rds-hub", "link", "set", f"port{host}", "up" if up else "down"], check=True)
+
+
+def test_a_host_cut_off_mid_run_ends_its_ranks_within_the_collective_timeout_and_the_job_resumes(work):
+    """The second host's link goes down mid-run: Slurm marks the host down and requeues the job, the
+    rank left alone there gives up after train.collective_timeout_s (no controller can reach it), the
+    job waits for two hosts, and once the link is back it resumes and ends at the uninterrupted loss."""
+    d, env, _ = work
+    out = d / "cut"
+    timeout_s = 30
+    job = _student(d, env, "cut", "--nodes=2", "--ntasks-per-node=1", sets=f"train.collective_timeout_s={timeout_s}")
+    wait_for_checkpoint(out, job, 4, prefix=HEAD)
+    _link(2, up=False)
+    try:
+        cut = time.time()
+        while _ranks_on(HOSTS[1], out) and time.time() < cut + timeout_s + 60:
+            time.sleep(1)
+        alone = time.time() - cut
+        assert not _ranks_on(HOSTS[1], out), f"the cut-off rank still runs {alone:.0f} s after the cut"  # torch's default: 30 min
+        deadline = time.time() + 120
+        while slurm("scontrol", "show", "job", job, prefix=HEAD).stdout.count("Restarts=0") and time.time() < deadline:
+            time.sleep(2)
+        shown = slurm("scontrol", "show", "job", job, prefix=HEAD).stdout
+        assert "Restarts=1" in shown and "JobState=PENDING" in shown, shown
+    finally:
+        _link(2, up=True)
+    slurm("scontrol", "update", f"nodename={HOSTS[1]}", "state=resume", prefix=HEAD)  # what an operator does once the host is back
+    wait_done([job], d, prefix=HEAD)
+    log = (d / f"cut-{job}.out").read_text()
+    assert "resumed from" in log, log[-3000:]
+    ref, got = _uninterrupted(d, env), losses(out)
+    assert sorted(got) == list(range(1, 17))
+    assert got[16] == pytest.approx(ref[16], abs=1e-6, rel=1e-6)
+
+
+def _launch(d: Path, env: dict, out: str, *placement: str) -> str:
+    return sbatch(*placement, "--cpus-per-task=1", f"--output={d}/{out}-%j.out", "slurm/deepspeed_launch.sh", prefix=HEAD,
+                  env={**env, "RECIPE": str(d / "student.yaml"), "OUT": str(d / out), "DEEPSPEED": str(Path(sys.executable).parent / "deepspeed")})
+
+
+def test_the_deepspeed_launcher_over_two_hosts_needs_ssh_and_says_so_before_starting(work):
+    """No sshd on the test hosts: the hostfile is made from the allocation, and the job ends at once
+    naming the host it cannot reach and the srun route, with no rank started."""
+    d, env, _ = work
+    job = _launch(d, env, "ds-hosts", "--nodes=2", "--ntasks-per-node=1")
+    deadline = time.time() + 120
+    while time.time() < deadline and slurm("scontrol", "show", "job", job, prefix=HEAD).stdout.count("JobState=PENDING") + \
+            slurm("scontrol", "show", "job", job, prefix=HEAD).stdout.count("JobState=RUNNING"):
+        time.sleep(1)
+    shown = slurm("scontrol", "show", "job", job, prefix=HEAD).stdout
+    assert "JobState=FAILED" in shown and "ExitCode=2:0" in shown, shown
+    assert (d / "ds-hosts" / "hostfile").read_text() == f"{HOSTS[0]} slots=1\n{HOSTS[1]} slots=1\n"
+    log = (d / f"ds-hosts-{job}.out").read_text()
+    assert f"needs passwordless ssh from {HOSTS[0]} to every host: {HOSTS[0]} is not reachable" in log and "slurm/train_road.sh" in log, log
+    assert not (d / "ds-hosts" / "metrics.jsonl").exists()
+
+
+def test_the_deepspeed_launcher_on_one_host_trains_as_srun_does(work):
+    d, env, _ = work
+    job = _launch(d, env, "ds-one-host", "--nodes=1", f"--nodelist={HOSTS[0]}", "--ntasks-per-node=2")
+    wait_done([job], d, prefix=HEAD)
+    got, ref = losses(d / "ds-one-host"), _one_host(d, env)
+    assert sorted(got) == sorted(ref) == list(range(1, 17))
+    for s in ref:
+        assert got[s] == pytest.approx(ref[s], abs=1e-6, rel=1e-6), (s, got[s], ref[s])
