@@ -30,7 +30,7 @@ def state(job: str, prefix: tuple = ()) -> str:
     forever in PENDING: that is a failure too."""
     r = slurm("scontrol", "show", "job", job, prefix=prefix)
     states = [tok.split("=", 1)[1] for tok in r.stdout.split() if tok.startswith("JobState=")]
-    if "Reason=DependencyNeverSatisfied" in r.stdout:
+    if "PENDING" in states and "Reason=DependencyNeverSatisfied" in r.stdout:  # a cancelled job keeps the reason
         return "DEPENDENCY_NEVER_SATISFIED"
     if not states:
         return "GONE"

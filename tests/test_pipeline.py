@@ -242,8 +242,8 @@ def test_plan_on_slurm_chains_jobs_and_a_resubmit_resumes(tmp_path):
     while not (latest.exists() and int(latest.read_text().split("-")[1]) >= 4):
         assert time.time() < deadline and state(jobs["student"]) in ("PENDING", "RUNNING", "CONFIGURING"), state(jobs["student"])
         time.sleep(0.2)
-    # the stage's job killed mid-run (batch shell and ranks): Slurm requeues it (--requeue), and the
-    # stages after it wait
+    # the stage's job killed mid-run (batch shell and ranks; Slurm takes a KILL as a cancel, so the job
+    # is not requeued): the stages after it wait on a dependency that can never be met
     subprocess.run(["scancel", "--signal=KILL", "--full", jobs["student"]], check=True)
     deadline = time.time() + 120
     while state(jobs["student"]) in ("RUNNING", "CONFIGURING", "COMPLETING"):
