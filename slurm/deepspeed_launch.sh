@@ -33,6 +33,7 @@ hostfile=$OUT/hostfile
 for h in "${hosts[@]}"; do echo "$h slots=$slots"; done > "$hostfile.tmp" && mv "$hostfile.tmp" "$hostfile"
 echo "job ${SLURM_JOB_ID:-?}: hostfile $hostfile (${#hosts[@]} hosts x $slots slots): ${hosts[*]}"
 
+port=$(( 29500 + ${SLURM_JOB_ID:-0} % 1000 ))  # as road_ds/dist.py picks it under srun: jobs sharing a host differ
 if (( ${#hosts[@]} > 1 )); then
   for h in "${hosts[@]}"; do
     if ! why=$(ssh -o BatchMode=yes -o ConnectTimeout=10 -o StrictHostKeyChecking=accept-new "$h" true 2>&1); then
@@ -44,10 +45,6 @@ if (( ${#hosts[@]} > 1 )); then
     echo "deepspeed --hostfile over ${#hosts[@]} hosts needs pdsh on $(hostname), and it is not installed; under Slurm, slurm/train_road.sh starts the ranks with srun and needs neither pdsh nor ssh" >&2
     exit 2
   fi
-fi
-
-port=$(( 29500 + ${SLURM_JOB_ID:-0} % 1000 ))  # as road_ds/dist.py picks it under srun: jobs sharing a host differ
-if (( ${#hosts[@]} > 1 )); then
   where=(--hostfile "$hostfile" --master_addr "${hosts[0]}")
 else  # with any hostfile the launcher goes through ssh, even to this host alone
   where=(--num_gpus "$slots")
