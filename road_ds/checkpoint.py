@@ -5,7 +5,10 @@ partitions) plus one `rng-rankNNNNN.pt` per rank, written first: DeepSpeed moves
 tag only after its own files are complete, so `latest` always names a whole checkpoint. The
 client state carries what the trainer needs beyond the engine: the step, the sampler's position
 (resume from counters, no replay), the best dev macro so far, the task balance, and the recipe and
-teacher-store hashes a resume must match. See docs/design.md, "Checkpoints".
+teacher-store hashes a resume must match. `world.json` (rank 0's) says how many ranks saved and how
+many rows one scheduled micro-batch holds over all of them: a resume on another world size keeps
+those rows, and loads the optimizer state through DeepSpeed's universal checkpoint, which
+re-partitions it. See docs/design.md, "Checkpoints".
 """
 
 from __future__ import annotations
@@ -15,13 +18,15 @@ import io
 import json
 import random
 import shutil
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from road_ds.atomic import disk_full, is_disk_full, write_bytes
+from road_ds.atomic import disk_full, is_disk_full, publishing, write_bytes, write_json
 from road_ds.errors import DataError
 from road_ds.recipe import Recipe
 
@@ -58,8 +63,60 @@ def set_rng_state(s: dict) -> None:
     torch.set_rng_state(s["torch"])
 
 
+def seed_for(seed: int, step: int, rank: int) -> int:
+    """A rank's RNG seed where no saved state exists for it (a resume on more ranks than saved)."""
+    return int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0])
+
+
 def tag(step: int) -> str:
     return f"step-{step:08d}"
+
+
+WORLD_FILE = "world.json"
+
+
+@dataclass
+class SavedWorld:
+    """The latest checkpoint's layout: its tag, how many ranks saved it, and the rows of one
+    scheduled micro-batch over all of them (None in a checkpoint from before world.json)."""
+
+    tag: str
+    world: int
+    rows: int | None
+
+
+def saved_world(ckpt_dir: Path) -> SavedWorld | None:
+    """What the latest checkpoint was saved under, read before any engine exists (None: no checkpoint)."""
+    latest = ckpt_dir / "latest"
+    if not latest.exists():
+        return None
+    t = latest.read_text().strip()
+    f = ckpt_dir / t / WORLD_FILE
+    if f.exists():
+        d = json.loads(f.read_text())
+        return SavedWorld(t, int(d["world_size"]), int(d["rows_per_micro_batch"]))
+    ranks = len(list((ckpt_dir / t).glob("rng-rank*.pt")))
+    return SavedWorld(t, ranks, None) if ranks else None  # no tag dir: the load says so
+
+
+UNIVERSAL = "universal"  # checkpoints/universal/<tag>: a checkpoint converted for another world size
+
+
+def to_universal(ckpt_dir: Path, t: str, log) -> Path:
+    """DeepSpeed's universal checkpoint of tag `t` (every parameter's weights and Adam moments
+    whole, for any partitioning), made by DeepSpeed's own converter into a temporary dir that is
+    published whole: a conversion killed half way leaves nothing that looks complete."""
+    final = ckpt_dir / UNIVERSAL / t
+    shutil.rmtree(ckpt_dir / UNIVERSAL, ignore_errors=True)  # an earlier conversion, or a killed one's litter
+    final.parent.mkdir(parents=True)
+    log(f"converting checkpoint {t} to DeepSpeed's universal format (another world size)")
+    with publishing(final) as tmp:
+        cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(ckpt_dir / t),
+               "--output_folder", str(tmp), "--inject_missing_state", "--num_extract_workers", "1", "--num_merge_workers", "1"]
+        done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        if done.returncode != 0:
+            raise DataError(ckpt_dir / t, "DeepSpeed's universal checkpoint conversion failed:\n" + done.stdout[-3000:])
+    return final
 
 
 @dataclass
@@ -71,15 +128,21 @@ class Resumed:
     sampler: dict
     best: float
     balance: dict
-    rng: dict | None  # this rank's RNG; None when the checkpoint was saved under another world size
+    rng: dict | None  # this rank's saved RNG; None for a rank the saving run did not have
 
 
-def resume(engine, ckpt_dir: Path, recipe: Recipe, teacher_ids: dict, rank: int, force: bool = False) -> Resumed | None:
-    """Load the latest complete checkpoint of `ckpt_dir` into the engine (None: there is none).
-    A checkpoint made with another recipe or other teacher stores is refused unless `force`."""
+def resume(engine, ckpt_dir: Path, recipe: Recipe, teacher_ids: dict, rank: int, force: bool = False,
+           universal: Path | None = None) -> Resumed | None:
+    """Load the latest complete checkpoint of `ckpt_dir` into the engine (None: there is none), or
+    its `universal` conversion (the engine configured with checkpoint.load_universal) when the
+    world size changed. A checkpoint made with another recipe or other teacher stores is refused
+    unless `force`."""
     if not (ckpt_dir / "latest").exists():
         return None
-    path, client = engine.load_checkpoint(str(ckpt_dir))
+    if universal is not None:
+        path, client = engine.load_checkpoint(str(universal.parent), tag=universal.name)
+    else:
+        path, client = engine.load_checkpoint(str(ckpt_dir))
     if path is None:
         raise DataError(ckpt_dir, "the latest checkpoint could not be loaded")
     for key, now, what in (("recipe_sha", recipe_hash(recipe), "recipe"), ("teachers", teacher_ids, "teacher stores")):
@@ -91,16 +154,19 @@ def resume(engine, ckpt_dir: Path, recipe: Recipe, teacher_ids: dict, rank: int,
     return Resumed(path, step, client["sampler"], client.get("best", -1.0), client.get("balance", {}), rng)
 
 
-def save(engine, ckpt_dir: Path, step: int, rank: int, client: dict) -> None:
-    """Checkpoint `step` on every rank; then go on with the RNG exactly as a resumed run will."""
+def save(engine, ckpt_dir: Path, step: int, rank: int, client: dict, world: int, rows: int) -> None:
+    """Checkpoint `step` on every rank (`world` of them, `rows` rows per scheduled micro-batch over
+    all); then go on with the RNG exactly as a resumed run will."""
     state = rng_state()
     t = tag(step)
-    # each rank's own RNG (dropout draws differ between ranks), written before DeepSpeed's files:
-    # `latest` moves to this tag only after everything in it is complete
+    # each rank's own RNG (dropout draws differ between ranks) and rank 0's world.json, written
+    # before DeepSpeed's files: `latest` moves to this tag only after everything in it is complete
     buf = io.BytesIO()
     torch.save(state, buf)
     try:
         write_bytes(ckpt_dir / t / f"rng-rank{rank:05d}.pt", buf.getvalue())
+        if rank == 0:
+            write_json(ckpt_dir / t / WORLD_FILE, {"world_size": world, "rows_per_micro_batch": rows})
         engine.save_checkpoint(str(ckpt_dir), tag=t, client_state=client)
     except BaseException as e:
         full = not isinstance(e, DataError) and is_disk_full(e, ckpt_dir)  # before the space is freed again
@@ -112,7 +178,9 @@ def save(engine, ckpt_dir: Path, step: int, rank: int, client: dict) -> None:
 
 
 def prune(ckpt_dir: Path, keep: int) -> None:
-    """Keep the newest `keep` checkpoints (at least one: the one `latest` names)."""
+    """Keep the newest `keep` checkpoints (at least one: the one `latest` names), and no universal
+    conversion (a checkpoint saved since is newer)."""
     tags = sorted(p for p in ckpt_dir.glob("step-*") if p.is_dir())
     for old in tags[: -max(1, keep)]:
         shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(ckpt_dir / UNIVERSAL, ignore_errors=True)

@@ -1,9 +1,12 @@
 """The training loader: the MTL schedule's micro-batches, collated, with their teacher targets.
 
 An IterableDataset for DataLoader workers: worker w of W yields micro-batches m ≡ w (mod W) of
-the one global sequence, and the DataLoader's round-robin keeps that order. Teacher targets are
-gathered by `feature_id` here, in the workers, and reconstructed to dense teacher
-log-probabilities over each feature's support; the training process never opens a teacher model.
+the one global sequence, and the DataLoader's round-robin keeps that order. A rank's share of a
+scheduled micro-batch is yielded as `chunks` equal pieces (more than one only after a resume on
+fewer ranks, where the share outgrows the recipe's micro_batch_size: see schedule.BatchSplit).
+Teacher targets are gathered by `feature_id` here, in the workers, and reconstructed to dense
+teacher log-probabilities over each feature's support; the training process never opens a
+teacher model.
 """
 
 from __future__ import annotations
@@ -60,13 +63,15 @@ def drop_gold(batch: dict, unlabeled: np.ndarray) -> dict:
 class TrainBatches(IterableDataset):
     """Every micro-batch from the sampler's saved position to `max_steps`, in schedule order."""
 
-    def __init__(self, tables: dict, teachers: dict[str, list[str]], sampler_kwargs: dict, sampler_state: dict | None, max_steps: int, pad_id: int):
+    def __init__(self, tables: dict, teachers: dict[str, list[str]], sampler_kwargs: dict, sampler_state: dict | None, max_steps: int, pad_id: int,
+                 chunks: int = 1):
         self.tables = tables  # dataset name -> FeatureTable of its train split
         self.teachers = teachers  # dataset name -> teacher store dirs
         self.sampler_kwargs = sampler_kwargs
         self.sampler_state = sampler_state
         self.max_steps = max_steps
         self.pad_id = pad_id
+        self.chunks = chunks
         self.transfer = {name: m for name, ft in tables.items() if (m := transfer_rows(ft)) is not None}
 
     def __iter__(self):
@@ -86,24 +91,26 @@ class TrainBatches(IterableDataset):
         m = 0
         while sampler.step < self.max_steps:
             step = sampler.step
-            for micro, (name, rows) in enumerate(sampler.next_step()):
-                if m % nw == wid:
-                    ft = self.tables[name]
-                    batch = collate(arrow[name], rows, pad_id=self.pad_id)
-                    if name in self.transfer:
-                        batch = drop_gold(batch, self.transfer[name][rows])
-                    item = {"step": step, "micro": micro, "dataset": name, "batch": batch}
-                    if name in stores:
-                        item["teacher"] = teacher_targets(stores[name], name, ft.split, ft.spec.task_type.kind, batch)
-                    yield item
-                m += 1
+            for micro, (name, share) in enumerate(sampler.next_step()):
+                for chunk, rows in enumerate(np.split(share, self.chunks)):
+                    if m % nw == wid:
+                        ft = self.tables[name]
+                        batch = collate(arrow[name], rows, pad_id=self.pad_id)
+                        if name in self.transfer:
+                            batch = drop_gold(batch, self.transfer[name][rows])
+                        item = {"step": step, "micro": micro, "chunk": chunk, "dataset": name, "batch": batch}
+                        if name in stores:
+                            item["teacher"] = teacher_targets(stores[name], name, ft.split, ft.spec.task_type.kind, batch)
+                        yield item
+                    m += 1
 
 
-def schedule_kwargs(recipe, tables: dict, world: int, rank: int) -> dict:
-    """The MTL sampler's arguments: which dataset and rows each micro-batch of each step takes."""
+def schedule_kwargs(recipe, tables: dict, world: int, rank: int, per_rank: int | None = None) -> dict:
+    """The MTL sampler's arguments: which dataset and rows each micro-batch of each step takes
+    (`per_rank` rows of each on this rank; default the recipe's micro_batch_size)."""
     T, mtl = recipe.train, recipe.mtl
     return dict(sizes={n: len(ft) for n, ft in tables.items()}, task_sizes={n: len(ft.examples) for n, ft in tables.items()},
-                micro_batch_size=T.micro_batch_size, passes=mtl.passes, world=world, rank=rank, policy=mtl.policy,
+                micro_batch_size=per_rank or T.micro_batch_size, passes=mtl.passes, world=world, rank=rank, policy=mtl.policy,
                 temperature=mtl.temperature, seed=T.seed)
 
 
@@ -113,9 +120,10 @@ def _worker_init(_: int) -> None:
         signal.signal(sig, signal.SIG_IGN)
 
 
-def train_loader(recipe, tables: dict, teachers: dict, sampler_kwargs: dict, state: dict | None, pad_id: int) -> torch.utils.data.DataLoader:
+def train_loader(recipe, tables: dict, teachers: dict, sampler_kwargs: dict, state: dict | None, pad_id: int,
+                 chunks: int = 1) -> torch.utils.data.DataLoader:
     """Micro-batches in schedule order from `state` on; DataLoader workers gather the teacher targets."""
-    batches = TrainBatches(tables, teachers, sampler_kwargs, state, recipe.train.max_steps, pad_id)
+    batches = TrainBatches(tables, teachers, sampler_kwargs, state, recipe.train.max_steps, pad_id, chunks)
     workers = recipe.train.num_workers
     return torch.utils.data.DataLoader(batches, batch_size=None, num_workers=workers, persistent_workers=False,
                                        prefetch_factor=4 if workers else None, worker_init_fn=_worker_init)

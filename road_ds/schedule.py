@@ -10,6 +10,7 @@ depend on the world size as long as the global batch stays the same.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -54,6 +55,36 @@ class TaskSchedule:
         u = np.random.default_rng([self.seed, _SCHEDULE, int(step), int(micro)]).random()
         i = int(np.searchsorted(self._cdf, u * self._cdf[-1], side="right"))
         return self.names[min(i, len(self.names) - 1)]
+
+
+@dataclass(frozen=True)
+class BatchSplit:
+    """How a scheduled micro-batch of `rows` rows (all ranks together) is fed: `per_rank` rows on
+    each of `world` ranks, as `chunks` accumulated micro-batches of `chunk` rows. A run keeps its
+    `rows` for life, so a resume on another world size reads the same rows at every step."""
+
+    rows: int
+    world: int
+    chunks: int
+
+    @property
+    def per_rank(self) -> int:
+        return self.rows // self.world
+
+    @property
+    def chunk(self) -> int:
+        return self.per_rank // self.chunks
+
+    @classmethod
+    def fit(cls, rows: int, world: int, cap: int) -> BatchSplit:
+        """The fewest equal chunks of at most `cap` rows (the recipe's micro_batch_size) per rank."""
+        if rows <= 0 or world <= 0 or cap <= 0:
+            raise ValueError(f"rows ({rows}), world ({world}) and cap ({cap}) must be positive")
+        if rows % world:
+            raise ValueError(f"{rows} rows per micro-batch do not split evenly over {world} ranks")
+        per = rows // world
+        chunks = next(k for k in range(-(-per // cap), per + 1) if per % k == 0)
+        return cls(rows, world, chunks)
 
 
 class DatasetCursor:

@@ -33,6 +33,7 @@ from road_ds.atomic import link_tree, publishing, write_json
 from road_ds.dist import all_reduce_sum
 from road_ds.errors import DataError, run_job
 from road_ds.recipe import Recipe, load_recipe
+from road_ds.schedule import BatchSplit
 from road_ds.train_log import Logger, StepStats
 
 COLLAPSED = 0.9  # mean [CLS] cosine within a batch above which a classification head is warned of a collapsed encoder
@@ -84,14 +85,16 @@ def _lr_lambda(warmup: int, total: int):
     return f
 
 
-def engine_config(recipe: Recipe, path: str, world_size: int, cpu: bool) -> dict:
+def engine_config(recipe: Recipe, path: str, split: BatchSplit, cpu: bool, universal: bool = False) -> dict:
     """The DeepSpeed config with its "auto" fields from the recipe (a contradiction is an error), and
-    the CPU adjustments."""
+    the CPU adjustments. `split`: the micro-batch and accumulation DeepSpeed sees (the recipe's,
+    unless a resume on another world size split each rank's rows into chunks); `universal`: the
+    checkpoint to resume was saved under another world size, so ZeRO loads its universal form."""
     from road_ds.ds_config import resolve_ds_config
 
     T = recipe.train
     bf16 = (not cpu) and torch.cuda.is_bf16_supported()
-    ds_config = resolve_ds_config(path, micro_batch_size=T.micro_batch_size, passes=recipe.mtl.passes, world_size=world_size, lr=T.lr,
+    ds_config = resolve_ds_config(path, micro_batch_size=split.chunk, passes=recipe.mtl.passes * split.chunks, world_size=split.world, lr=T.lr,
                                   weight_decay=T.weight_decay, betas=tuple(T.betas), eps=T.eps, grad_clip=T.grad_clip, bf16=bf16,
                                   hidden_size=_hidden_size(recipe))
     zero = ds_config.get("zero_optimization", {})
@@ -102,7 +105,22 @@ def engine_config(recipe: Recipe, path: str, world_size: int, cpu: bool) -> dict
         # the CPU has no communication streams to overlap with; and with it on, a ZeRO-2 resume on
         # gloo drifts from the uninterrupted run (measured ~1e-3 in the loss), with it off it is exact
         zero["overlap_comm"] = False
+    if universal and zero.get("stage", 0) > 0:  # without ZeRO every rank holds the whole state: nothing to re-partition
+        ds_config.setdefault("checkpoint", {})["load_universal"] = True
     return ds_config
+
+
+def batch_split(recipe: Recipe, saved: checkpoint.SavedWorld | None, world: int, ckpt_dir: Path) -> BatchSplit:
+    """This run's rows per rank: the recipe's micro_batch_size for a fresh run; on resume, the
+    checkpoint's rows per scheduled micro-batch shared by this world, in chunks of at most
+    micro_batch_size (DeepSpeed accumulates them), so every step reads the rows it would have."""
+    mb = recipe.train.micro_batch_size
+    rows = mb * world if saved is None else saved.rows or mb * saved.world
+    try:
+        return BatchSplit.fit(rows, world, mb)
+    except ValueError:
+        raise DataError(ckpt_dir / saved.tag, f"its micro-batches hold {rows} rows (saved on {saved.world} ranks), which "
+                        f"{world} ranks cannot share evenly: resume on a world size that divides {rows}") from None
 
 
 def task_balance(recipe: Recipe, engine):
@@ -113,43 +131,52 @@ def task_balance(recipe: Recipe, engine):
 
 
 def train_step(engine, it, recipe: Recipe, tables: dict, step: int, device, teacher_of=lambda item: item.get("teacher"),
-               balancer=None, probe=None) -> tuple[list, float]:
+               balancer=None, probe=None, chunks: int = 1) -> tuple[list, float]:
     """One optimizer step: `mtl.passes` micro-batches from the loader, each forward, loss, backward
-    (DeepSpeed steps at the last). Returns (dataset, loss, parts, rows) per micro-batch and the
-    seconds spent waiting for the loader. `teacher_of` gives a micro-batch's teacher targets: the
-    ones the loader gathered from the stores (online-KD baselines pass their own). With a
-    `balancer` and the `probe` on the encoder, each loss is scaled by its task's balance weight
-    (and the dataset's static `loss_weight`) before backward; parts then carry the weight, the
-    unweighted loss's gradient norm on the encoder and the [CLS] cosine of the micro-batch."""
+    (DeepSpeed steps at the last), each as `chunks` pieces. Returns (dataset, loss, parts, rows)
+    per piece and the seconds spent waiting for the loader. `teacher_of` gives a micro-batch's
+    teacher targets: the ones the loader gathered from the stores (online-KD baselines pass their
+    own). With a `balancer` and the `probe` on the encoder, each loss is scaled by its task's
+    balance weight (and the dataset's static `loss_weight`) before backward; parts then carry the
+    weight, the unweighted loss's gradient norm on the encoder and the [CLS] cosine of the piece.
+    The balancer sees one norm per micro-batch, the mean over its pieces and ranks, each piece's
+    norm as if unchunked: a rank's rows split into chunks give the norms the ranks that saved them
+    did."""
     from road_ds.kd import compute_loss
 
     micros, wait = [], 0.0
     for micro in range(recipe.mtl.passes):
-        t0 = time.perf_counter()
-        item = next(it)
-        wait += time.perf_counter() - t0
-        if "error" in item:  # bad input met by a DataLoader worker (e.g. a damaged teacher shard)
-            raise item["error"]
-        assert item["step"] == step and item["micro"] == micro, "the data order left the schedule"
-        name = item["dataset"]
-        ft = tables[name]
-        batch = item["batch"]
-        inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
-        if probe is not None:
-            probe.reset()
-        outputs = engine(ft.spec.head_name, **inputs)
-        loss, parts = compute_loss(recipe.kd_for(name), ft.spec.task_type.kind, outputs, batch, teacher_of(item), step, recipe.train.max_steps)
-        weight = (balancer.weight(name) if balancer is not None else 1.0) * ft.spec.loss_weight
-        engine.backward(loss * weight if weight != 1.0 else loss)
-        engine.step()
-        parts = {k: float(v) for k, v in parts.items()}
-        if probe is not None:
-            norm = probe.grad_norm()
-            if norm is not None and balancer is not None:
-                balancer.observe(name, norm, weight)
-            parts |= {"weight": weight, "enc_grad": norm / weight if norm is not None else float("nan"),
-                      "cls_cos": probe.cls_cos if probe.cls_cos is not None else float("nan")}
-        micros.append((name, loss.item(), parts, len(batch["input_ids"])))
+        weight, norms = None, []
+        for chunk in range(chunks):
+            t0 = time.perf_counter()
+            item = next(it)
+            wait += time.perf_counter() - t0
+            if "error" in item:  # bad input met by a DataLoader worker (e.g. a damaged teacher shard)
+                raise item["error"]
+            assert (item["step"], item["micro"], item["chunk"]) == (step, micro, chunk), "the data order left the schedule"
+            name = item["dataset"]
+            ft = tables[name]
+            batch = item["batch"]
+            inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+            if probe is not None:
+                probe.reset()
+            outputs = engine(ft.spec.head_name, **inputs)
+            loss, parts = compute_loss(recipe.kd_for(name), ft.spec.task_type.kind, outputs, batch, teacher_of(item), step, recipe.train.max_steps)
+            if weight is None:  # one weight for the whole micro-batch
+                weight = (balancer.weight(name) if balancer is not None else 1.0) * ft.spec.loss_weight
+            engine.backward(loss * weight if weight != 1.0 else loss)
+            engine.step()
+            parts = {k: float(v) for k, v in parts.items()}
+            if probe is not None:
+                norm = probe.grad_norm()
+                if norm is not None:  # DeepSpeed divides each piece's loss by the accumulation count: undo the chunks' share
+                    norm *= chunks
+                    norms.append(norm)
+                parts |= {"weight": weight, "enc_grad": norm / weight if norm is not None else float("nan"),
+                          "cls_cos": probe.cls_cos if probe.cls_cos is not None else float("nan")}
+            micros.append((name, loss.item(), parts, len(batch["input_ids"])))
+        if norms and balancer is not None:
+            balancer.observe(name, sum(norms) / len(norms), weight)
     return micros, wait
 
 
@@ -172,6 +199,7 @@ class Run:
     device: torch.device
     rank: int
     world: int
+    split: BatchSplit  # rows per scheduled micro-batch, per rank, and the chunks DeepSpeed accumulates
     balancer: Any
     probe: Any
     stop: StopFlag
@@ -246,7 +274,7 @@ def setup(args) -> Run:
     import torch.distributed as dist
     from transformers.utils import logging as hf_logging
 
-    from road_ds.dist import export_env, init_deepspeed, pick_device, rank0_logger
+    from road_ds.dist import export_env, init_deepspeed, main_process_first, pick_device, rank0_logger
     from road_ds.features import load_tokenizer
     from road_ds.loader import schedule_kwargs, train_loader
     from road_ds.schedule import MTLSampler
@@ -255,7 +283,12 @@ def setup(args) -> Run:
     hf_logging.disable_progress_bar()
     recipe = load_recipe(args.recipe, args.set or [])
     out, cpu = Path(args.output_dir), not torch.cuda.is_available()
-    ds_config = engine_config(recipe, args.deepspeed_config, export_env().size, cpu)  # a contradiction stops us before any work
+    ckpt_dir, world = out / "checkpoints", export_env().size
+    saved = checkpoint.saved_world(ckpt_dir)  # a resume on another world size keeps the rows and converts the checkpoint
+    split = batch_split(recipe, saved, world, ckpt_dir)
+    regrid = saved is not None and saved.world != world
+    ds_config = engine_config(recipe, args.deepspeed_config, split, cpu, universal=regrid)  # a contradiction stops us before any work
+    convert = ds_config.get("checkpoint", {}).get("load_universal", False)
     init_deepspeed(cpu, recipe.train.collective_timeout_s)
     rank, world = dist.get_rank(), dist.get_world_size()
     device, stop, log = pick_device(int(os.environ.get("LOCAL_RANK", 0))), StopFlag(), rank0_logger(rank == 0)
@@ -273,25 +306,53 @@ def setup(args) -> Run:
     engine = build_engine(recipe, ds_config)
     balancer, probe = task_balance(recipe, engine)
     teacher_ids = checkpoint.store_ids(teachers)
-    resumed = checkpoint.resume(engine, out / "checkpoints", recipe, teacher_ids, rank, force=args.force_resume)
+    universal = None
+    if convert:
+        with main_process_first(rank == 0):
+            if rank == 0:
+                checkpoint.to_universal(ckpt_dir, saved.tag, log)
+        universal = ckpt_dir / checkpoint.UNIVERSAL / saved.tag
+    resumed = checkpoint.resume(engine, ckpt_dir, recipe, teacher_ids, rank, force=args.force_resume, universal=universal)
     start = resumed.step if resumed else 0
-    sampler_kwargs = schedule_kwargs(recipe, tables, world, rank)
+    sampler_kwargs = schedule_kwargs(recipe, tables, world, rank, per_rank=split.per_rank)
     run = Run(args, recipe, out, engine, tokenizer, tables, eval_tables, teachers, teacher_ids, MTLSampler(**sampler_kwargs),
-              Logger(out, rank == 0, recipe.train.max_steps, start), log, device, rank, world, balancer, probe, stop, StepStats(tables, world),
-              step=start, best=resumed.best if resumed else -1.0)
+              Logger(out, rank == 0, recipe.train.max_steps, start), log, device, rank, world, split, balancer, probe, stop,
+              StepStats(tables, world), step=start, best=resumed.best if resumed else -1.0)
     if resumed:
         run.position.load_state_dict(resumed.sampler)
         balancer.load_state_dict(resumed.balance)
         run.logger.truncate_after(start)
         log(f"resumed from {resumed.path} at step {start}")
+        if regrid:
+            log(regrid_note(saved, split, recipe.train.micro_batch_size, convert))
     try:
-        run.loader = iter(train_loader(recipe, tables, teachers, sampler_kwargs, resumed.sampler if resumed else None, tokenizer.pad_token_id or 0))
-        if resumed and resumed.rng is not None:  # None: saved under another world size
-            checkpoint.set_rng_state(resumed.rng)  # after the loader drew its worker seeds, as the uninterrupted run had
+        run.loader = iter(train_loader(recipe, tables, teachers, sampler_kwargs, resumed.sampler if resumed else None, tokenizer.pad_token_id or 0,
+                                       split.chunks))
+        # after the loader drew its worker seeds, as the uninterrupted run had
+        if resumed and resumed.rng is not None:
+            checkpoint.set_rng_state(resumed.rng)
+        elif resumed:  # a rank the saving run did not have: a stream of its own, the same on every such resume
+            checkpoint.set_seed(checkpoint.seed_for(recipe.train.seed, start, rank))
     except BaseException:
         run.close()
         raise
     return run
+
+
+def regrid_note(saved: checkpoint.SavedWorld, split: BatchSplit, micro_batch_size: int, converted: bool) -> str:
+    """The log line that says what a resume on another world size changed."""
+    def ranks(a: int, b: int) -> str:
+        return f"rank {a}" if a == b else f"ranks {a}-{b}"
+
+    rows = f"{split.per_rank} rows per rank" + (f" as {split.chunks} accumulated chunks of {split.chunk}" if split.chunks > 1 else "")
+    kept = min(split.world, saved.world)
+    rng = f"{ranks(0, kept - 1)} keep{'s' if kept == 1 else ''} the saved RNG"
+    if split.world > saved.world:
+        rng += f", {ranks(saved.world, split.world - 1)} start{'s' if split.world - saved.world == 1 else ''} from a seed of (seed, step, rank)"
+    optimizer = "re-partitioned from DeepSpeed's universal checkpoint" if converted else "whole on every rank (no ZeRO)"
+    return (f"world size {saved.world} -> {split.world}: each micro-batch keeps its {split.rows} rows ({rows}; recipe micro_batch_size "
+            f"{micro_batch_size}), so every step reads the same rows; the optimizer state was {optimizer}; {rng}; "
+            "dropout draws differ from the uninterrupted run's")
 
 
 def fit(run: Run) -> dict:
@@ -302,7 +363,8 @@ def fit(run: Run) -> dict:
     while run.step < T.max_steps:
         run.position.next_step()
         t0 = time.perf_counter()
-        micros, wait = train_step(run.engine, run.loader, run.recipe, run.tables, run.step, run.device, balancer=run.balancer, probe=run.probe)
+        micros, wait = train_step(run.engine, run.loader, run.recipe, run.tables, run.step, run.device, balancer=run.balancer, probe=run.probe,
+                                  chunks=run.split.chunks)
         run.stats.add(micros, wait, time.perf_counter() - t0)
         run.step += 1
         if run.step % T.log_every == 0 or run.step == T.max_steps:
@@ -332,8 +394,7 @@ def log_line(run: Run) -> None:
             run.log(f"warning: step {run.step}: the [CLS] states of {n}'s batches are nearly one vector (mean cosine {cos:.2f}); "
                     "its head cannot tell inputs apart. Another task's gradient may own the encoder: see mtl.balance")
     run.logger.log(run.step, vals)
-    done = run.recipe.train.log_every if run.step % run.recipe.train.log_every == 0 else run.step % run.recipe.train.log_every
-    run.logger.progress(done, loss=f"{vals['loss']:.4f}", sps=f"{vals['samples_per_s']:.1f}")
+    run.logger.progress(run.step, loss=f"{vals['loss']:.4f}", sps=f"{vals['samples_per_s']:.1f}")
 
 
 def evaluate(run: Run) -> tuple[dict, float]:
@@ -361,7 +422,7 @@ def save(run: Run) -> None:
 
     client = {"step": run.step, "sampler": run.position.state_dict(), "recipe_sha": checkpoint.recipe_hash(run.recipe),
               "teachers": run.teacher_ids, "best": run.best, "balance": run.balancer.state_dict()}
-    checkpoint.save(run.engine, run.ckpt_dir, run.step, run.rank, client)
+    checkpoint.save(run.engine, run.ckpt_dir, run.step, run.rank, client, run.world, run.split.rows)
     dist.barrier()
     if run.rank == 0:
         checkpoint.prune(run.ckpt_dir, run.recipe.train.keep_checkpoints)

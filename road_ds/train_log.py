@@ -50,9 +50,10 @@ class Logger:
             if isinstance(v, (int, float)):
                 self.tb.add_scalar(k, v, step)
 
-    def progress(self, n: int, **postfix) -> None:
+    def progress(self, step: int, **postfix) -> None:
+        """The bar at `step` (a resumed run's first line moves it from the resumed step, not by log_every)."""
         if self.enabled:
-            self.bar.update(n)
+            self.bar.update(step - self.bar.n)
             self.bar.set_postfix(postfix, refresh=False)
 
     def close(self) -> None:

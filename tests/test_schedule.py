@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from road_ds.schedule import DatasetCursor, MTLSampler, TaskSchedule
+from road_ds.schedule import BatchSplit, DatasetCursor, MTLSampler, TaskSchedule
 
 SIZES = {"squad": 900, "mnli": 400, "qqp": 100}
 
@@ -118,6 +118,16 @@ def test_sampler_world_size_change_keeps_data():
         for m, (name, rows) in enumerate(whole):
             assert all(p[m][0] == name for p in parts)
             assert np.array_equal(np.concatenate([p[m][1] for p in parts]), rows)
+
+
+def test_batch_split_keeps_the_rows_in_the_fewest_equal_chunks_under_the_cap():
+    assert (BatchSplit.fit(16, 2, 8).per_rank, BatchSplit.fit(16, 2, 8).chunks) == (8, 1)  # a fresh run: the recipe's
+    assert (BatchSplit.fit(16, 1, 8).chunk, BatchSplit.fit(16, 1, 8).chunks) == (8, 2)  # half the ranks: two chunks
+    assert (BatchSplit.fit(16, 4, 8).per_rank, BatchSplit.fit(16, 4, 8).chunks) == (4, 1)  # more ranks: fewer rows each
+    assert (BatchSplit.fit(24, 1, 5).chunk, BatchSplit.fit(24, 1, 5).chunks) == (4, 6)  # 5 does not divide 24: 6 of 4
+    assert BatchSplit.fit(7, 1, 2).chunks == 7  # a prime: single rows
+    with pytest.raises(ValueError, match="16 rows per micro-batch do not split evenly over 3 ranks"):
+        BatchSplit.fit(16, 3, 8)
 
 
 def test_sampler_resume_matches_uninterrupted_run():

@@ -2,8 +2,8 @@
 one slurmd each; CI starts it): a precompute array spread over both hosts gives the stores of a
 one-host run byte for byte; a student job with one rank per host (gloo over the link) has the losses
 of the same job with both ranks on one host, on ZeRO-2 and ZeRO-3; faults (a host's ranks killed, the
-time-limit signal, a host's link cut) end in a requeue that resumes to the uninterrupted losses; the
-deepspeed launcher's hostfile route says it needs ssh, and on one host trains as srun does."""
+time-limit signal, a host's link cut) end in a requeue that resumes to the uninterrupted losses, and a
+run stopped on two hosts resumes on one with the same losses; the deepspeed launcher's hostfile route says it needs ssh, and on one host trains as srun does."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import write_tiny_tokenizer
-from slurm_jobs import REPO, losses, sbatch, slurm, wait_done, wait_for_checkpoint
+from slurm_jobs import REPO, losses, sbatch, slurm, state, wait_done, wait_for_checkpoint
 from test_train import _data, _recipe, write_teacher_export
 
 pytestmark = pytest.mark.slurm
@@ -171,10 +171,38 @@ def test_the_time_limit_signal_to_a_two_host_job_checkpoints_once_on_every_rank_
     stops = [int(x.split("stopped by a signal at step ")[1].split(":")[0]) for x in log.splitlines() if "stopped by a signal at step" in x]
     assert len(stops) == 1 and "requeueing job" in log and f"at step {stops[0]}" in log.split("resumed from")[1], log[-3000:]
     files = sorted(p.name for p in (out / "checkpoints" / f"step-{stops[0]:08d}").iterdir())
-    assert files == ["mp_rank_00_model_states.pt", "rng-rank00000.pt", "rng-rank00001.pt",
+    assert files == ["mp_rank_00_model_states.pt", "rng-rank00000.pt", "rng-rank00001.pt", "world.json",
                      "zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"], files
     ref, got = _uninterrupted(d, env), losses(out)
     assert sorted(got) == list(range(1, 17))
+    for s in ref:
+        assert got[s] == pytest.approx(ref[s], abs=1e-6, rel=1e-6), (s, got[s], ref[s])
+
+
+def test_a_two_host_run_stopped_resumes_on_one_host_with_the_rows_of_every_step(work):
+    """A requeue may get fewer hosts: the two-host job, cancelled after a checkpoint, is submitted
+    again on one host with one rank. It converts the checkpoint (DeepSpeed's universal format, on the
+    shared path), feeds each micro-batch's 8 rows as two chunks of 4 and ends with every loss of the
+    uninterrupted two-host run (dropout off: its draws are per rank)."""
+    d, env, _ = work
+    nodrop = "model.config.hidden_dropout_prob=0.0\nmodel.config.attention_probs_dropout_prob=0.0"
+    wait_done([_student(d, env, "nodrop", "--nodes=2", "--ntasks-per-node=1", sets=nodrop)], d, prefix=HEAD)
+    out = d / "fewer-hosts"
+    job = _student(d, env, "fewer-hosts", "--nodes=2", "--ntasks-per-node=1", sets=nodrop)
+    wait_for_checkpoint(out, job, 4, prefix=HEAD)
+    assert slurm("scancel", job, prefix=HEAD).returncode == 0
+    deadline = time.time() + 120
+    while state(job, HEAD) not in ("CANCELLED", "GONE") and time.time() < deadline:
+        time.sleep(1)
+    assert not (out / "eval_results.json").exists(), "the run finished before it was cancelled"
+    saved = json.loads((out / "checkpoints" / (out / "checkpoints" / "latest").read_text().strip() / "world.json").read_text())
+    assert saved == {"world_size": 2, "rows_per_micro_batch": 8}
+    again = _student(d, env, "fewer-hosts", "--nodes=1", f"--nodelist={HOSTS[1]}", "--ntasks-per-node=1", sets=nodrop)
+    wait_done([again], d, prefix=HEAD)
+    log = (d / f"fewer-hosts-{again}.out").read_text()
+    assert "resumed from" in log and "world size 2 -> 1: each micro-batch keeps its 8 rows (8 rows per rank as 2 accumulated chunks of 4" in log, log[-3000:]
+    ref, got = losses(d / "nodrop"), losses(out)
+    assert sorted(got) == sorted(ref) == list(range(1, 17))
     for s in ref:
         assert got[s] == pytest.approx(ref[s], abs=1e-6, rel=1e-6), (s, got[s], ref[s])
 
