@@ -1,8 +1,10 @@
 """Training checkpoints: save, resume, prune, and the RNG state that makes a resume exact.
 
 A checkpoint is DeepSpeed's tag dir `checkpoints/step-NNNNNNNN` (its model and optimizer
-partitions) plus one `rng-rankNNNNN.pt` per rank, written first: DeepSpeed moves `latest` to the
-tag only after its own files are complete, so `latest` always names a whole checkpoint. The
+partitions) plus one `rng-rankNNNNN.pt` per rank. `latest` is ours, not DeepSpeed's (which rank 0
+rewrites in place as soon as its own files are done, while other ranks may still be writing
+theirs): rank 0 replaces it atomically once every rank's files are complete, so it always names a
+whole checkpoint, and a tag past it is a save that never finished. The
 client state carries what the trainer needs beyond the engine: the step, the sampler's position
 (resume from counters, no replay), the best dev macro so far, the task balance, and the recipe and
 teacher-store hashes a resume must match. `world.json` (rank 0's) says how many ranks saved and how
@@ -26,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from road_ds.atomic import disk_full, is_disk_full, publishing, write_bytes, write_json
+from road_ds.atomic import disk_full, is_disk_full, publishing, write_bytes, write_json, write_text
 from road_ds.errors import DataError
 from road_ds.recipe import Recipe
 
@@ -159,15 +161,15 @@ def save(engine, ckpt_dir: Path, step: int, rank: int, client: dict, world: int,
     all); then go on with the RNG exactly as a resumed run will."""
     state = rng_state()
     t = tag(step)
-    # each rank's own RNG (dropout draws differ between ranks) and rank 0's world.json, written
-    # before DeepSpeed's files: `latest` moves to this tag only after everything in it is complete
+    # each rank's own RNG (dropout draws differ between ranks) and rank 0's world.json; `latest`
+    # moves to this tag later (`publish`), once every rank's files are complete
     buf = io.BytesIO()
     torch.save(state, buf)
     try:
         write_bytes(ckpt_dir / t / f"rng-rank{rank:05d}.pt", buf.getvalue())
         if rank == 0:
             write_json(ckpt_dir / t / WORLD_FILE, {"world_size": world, "rows_per_micro_batch": rows})
-        engine.save_checkpoint(str(ckpt_dir), tag=t, client_state=client)
+        engine.save_checkpoint(str(ckpt_dir), tag=t, client_state=client, save_latest=False)
     except BaseException as e:
         full = not isinstance(e, DataError) and is_disk_full(e, ckpt_dir)  # before the space is freed again
         shutil.rmtree(ckpt_dir / t, ignore_errors=True)  # no half checkpoint: `latest` still names the last complete tag
@@ -177,10 +179,17 @@ def save(engine, ckpt_dir: Path, step: int, rank: int, client: dict, world: int,
     set_rng_state(state)  # saving may draw random numbers
 
 
+def publish(ckpt_dir: Path, step: int) -> None:
+    """Point `latest` at `step` (rank 0, once every rank has saved it): one atomic rename."""
+    write_text(ckpt_dir / "latest", tag(step))
+
+
 def prune(ckpt_dir: Path, keep: int) -> None:
-    """Keep the newest `keep` checkpoints (at least one: the one `latest` names), and no universal
-    conversion (a checkpoint saved since is newer)."""
+    """Keep the newest `keep` checkpoints up to the one `latest` names (at least that one); drop any
+    tag past it (a save that never finished) and the universal conversion (a newer checkpoint exists)."""
+    latest = (ckpt_dir / "latest").read_text().strip()
     tags = sorted(p for p in ckpt_dir.glob("step-*") if p.is_dir())
-    for old in tags[: -max(1, keep)]:
+    whole = [p for p in tags if p.name <= latest]
+    for old in whole[: -max(1, keep)] + [p for p in tags if p.name > latest]:
         shutil.rmtree(old, ignore_errors=True)
     shutil.rmtree(ckpt_dir / UNIVERSAL, ignore_errors=True)

@@ -85,7 +85,7 @@ JOBS = {
     "evaluate": ("road_ds.evaluate", "score an export or a run on a recipe's datasets; writes metrics and SQuAD-format predictions"),
     "export": ("road_ds.export", "a run (or checkpoint) to plain Hugging Face model dirs, one per head"),
     "squad-eval": ("road_ds.squad_eval", "official SQuAD 2.0 scoring: DATA.json PRED.json [--na-prob-file NA.json]"),
-    "pipeline": ("road_ds.pipelines.plan", "a plan of stages (train, precompute, evaluate, export): `road-ds pipeline check|run|submit PLAN`"),
+    "pipeline": ("road_ds.pipelines.plan", "a plan of stages (train, precompute, evaluate, export): `road-ds pipeline check|run|submit|report PLAN`"),
 }
 
 

@@ -417,12 +417,16 @@ def evaluate(run: Run) -> tuple[dict, float]:
 
 
 def save(run: Run) -> None:
-    """A checkpoint of this step on every rank, then rank 0 prunes the old ones."""
+    """A checkpoint of this step on every rank; once all have written theirs, rank 0 points `latest`
+    at it (no rank goes on before that: a stopped run exits with it published) and prunes."""
     import torch.distributed as dist
 
     client = {"step": run.step, "sampler": run.position.state_dict(), "recipe_sha": checkpoint.recipe_hash(run.recipe),
               "teachers": run.teacher_ids, "best": run.best, "balance": run.balancer.state_dict()}
     checkpoint.save(run.engine, run.ckpt_dir, run.step, run.rank, client, run.world, run.split.rows)
+    dist.barrier()  # every rank's files are complete
+    if run.rank == 0:
+        checkpoint.publish(run.ckpt_dir, run.step)
     dist.barrier()
     if run.rank == 0:
         checkpoint.prune(run.ckpt_dir, run.recipe.train.keep_checkpoints)

@@ -124,6 +124,18 @@ def test_road_plans_pass_check_in_dry_run(plan, capsys):
     assert main(["check", str(path)]) == 2  # without --dry-run an input it cannot reach is an error
 
 
+def test_the_kit_plan_passes_check(kit_dir, capsys):
+    """recipes/road/kit.yaml (docs/pipeline.md): every stage's recipe, the stores on the features the
+    students read, every input on this machine."""
+    assert main(["check", str(REPO / "recipes" / "road" / "kit.yaml")]) == 0
+    assert "6 stages, 10 jobs: ok" in capsys.readouterr().out
+
+
+def test_report_before_anything_ran_lists_every_job_as_not_finished(tmp_path, capsys):
+    assert main(["report", str(write_plan(world(tmp_path)))]) == 0
+    assert capsys.readouterr().out.strip() == "no job has finished yet\n\nnot finished: mtl, teacher-s0, teacher-s1, student, dev/student"
+
+
 # ---------------------------------------------------------------------------- run here
 
 
@@ -143,7 +155,7 @@ def ran(tmp_path_factory):
     return d, plan, log
 
 
-def test_plan_runs_end_to_end(ran):
+def test_plan_runs_end_to_end(ran, capsys):
     from road_ds.store import inspect
 
     d, plan, log = ran
@@ -156,6 +168,14 @@ def test_plan_runs_end_to_end(ran):
     assert any(k.startswith("kd/") and v > 0 for m in metrics for k, v in m.items())  # the student distilled
     assert json.loads((out / "dev" / "student" / "metrics.json").read_text())["macro"] >= 0
     assert (out / "release" / "student" / "road_ds_export.json").exists()
+    # report: one row per train and evaluate job, the student's the trainer's own eval, the export's through evaluate alike
+    assert main(["report", str(plan)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("| model | sq F1 | sq EM | sq HasAns F1 | sq NoAns acc |") and lines[0].endswith("| rt acc | pairs acc | macro |")
+    assert [x.split(" | ")[0] for x in lines[2:]] == ["| mtl", "| teacher-s0", "| teacher-s1", "| student", "| dev/student"]
+    macro = 100 * json.loads((out / "student" / "eval_results.json").read_text())["macro"]
+    assert lines[5].endswith(f"| {macro:.1f} |")
+    assert lines[6].split(" | ")[1:] == lines[5].split(" | ")[1:]
     again = run_plan(plan)
     text = again.communicate(timeout=300)[0]
     assert again.returncode == 0 and " start " not in text, text[-2000:]  # every stage finished: nothing runs

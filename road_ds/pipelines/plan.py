@@ -10,7 +10,8 @@ Outputs are named by stage under the plan's `out`: OUT/<stage>[-s<seed>], a stor
 `check` validates every stage before any compute (recipes with their overrides, references, that a
 KD stage's stores are made on the features it reads, the inputs it can reach); `run` runs the plan
 here (finished stages skipped, a killed one resumes: the jobs resume by themselves); `submit` sends
-it to Slurm as jobs chained with --dependency=afterok (a fanned-out stage as one array).
+it to Slurm as jobs chained with --dependency=afterok (a fanned-out stage as one array); `report`
+prints the dev results of its finished jobs as one table.
 """
 
 from __future__ import annotations
@@ -326,6 +327,28 @@ def _clear_stale(plan: Plan, prefix: str, log) -> None:
         log(f"cancelled the jobs an earlier submit left pending: {', '.join(stale)}")
 
 
+# ---------------------------------------------------------------------------- report
+
+
+def report(plan: Plan) -> str:
+    """The dev results of every train and evaluate job, as one table (percent), in plan order; the
+    jobs not finished yet are listed under it."""
+    from road_ds.pipelines.runs import table
+
+    rows, missing = {}, []
+    for st in plan.spec.stages:
+        if st.run not in ("train", "evaluate"):
+            continue
+        for inst in plan.instances[st.name]:
+            if not inst.done.exists():
+                missing.append(inst.name)
+                continue
+            results = json.loads(inst.done.read_text())  # evaluate names its sets dataset/split: the eval split, as training's
+            rows[inst.name] = {k.split("/")[0]: v for k, v in results.items()}
+    text = table(rows) if rows else "no job has finished yet"
+    return text + (f"\n\nnot finished: {', '.join(missing)}" if missing else "")
+
+
 # ---------------------------------------------------------------------------- CLI
 
 
@@ -333,7 +356,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="road-ds pipeline", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="action", required=True)
     for name, text in (("check", "validate every stage before any compute"), ("run", "run the plan on this machine (finished stages are skipped)"),
-                       ("submit", "submit the plan to Slurm as jobs chained with --dependency=afterok")):
+                       ("submit", "submit the plan to Slurm as jobs chained with --dependency=afterok"),
+                       ("report", "the dev results of the plan's finished train and evaluate jobs, as a markdown table")):
         a = sub.add_parser(name, help=text)
         a.add_argument("plan")
         a.add_argument("--out", help="the plan's output dir (default: its `out`)")
@@ -346,6 +370,9 @@ def main(argv=None) -> int:
 
     def body():
         plan = load_plan(args.plan, args.out)
+        if args.action == "report":
+            print(report(plan))
+            return
         unreachable = check(plan)
         for u in unreachable:
             log(f"not reachable: {u}")

@@ -159,8 +159,10 @@ def row_values(r: dict) -> dict[str, float]:
 
 
 def table(rows: dict[str, dict]) -> str:
-    heads = list(row_values(next(iter(rows.values()))))
+    """A markdown table of runs' eval results; a run without a column's dataset shows "–" there."""
+    values = {name: row_values(r) for name, r in rows.items()}
+    heads = list(dict.fromkeys(h for v in values.values() for h in v if h != "macro")) + ["macro"]
     lines = ["| model | " + " | ".join(heads) + " |", "|" + "---|" * (len(heads) + 1)]
-    for name, r in rows.items():
-        lines.append(f"| {name} | " + " | ".join(f"{v:.1f}" for v in row_values(r).values()) + " |")
+    for name, v in values.items():
+        lines.append(f"| {name} | " + " | ".join(f"{v[h]:.1f}" if h in v else "–" for h in heads) + " |")
     return "\n".join(lines)
