@@ -25,9 +25,12 @@ venv: $(VENV)/.installed
 kit: venv
 	$(VENV)/bin/road-ds data fetch
 
-# The whole pipeline on the real data kit: 3 teachers, their stores, a student with and without WKD.
+# The whole pipeline on the real data kit (the plan recipes/road/demo.yaml): 3 teachers, their stores, a
+# student with and without WKD; then its dev table (also in $(DEMO_OUT)/results.md).
 demo: kit
-	$(PY) -m road_ds.pipelines.demo --out $(DEMO_OUT)
+	$(VENV)/bin/road-ds pipeline run recipes/road/demo.yaml --out $(DEMO_OUT)
+	$(VENV)/bin/road-ds pipeline report recipes/road/demo.yaml --out $(DEMO_OUT) > $(DEMO_OUT)/results.md.tmp
+	mv $(DEMO_OUT)/results.md.tmp $(DEMO_OUT)/results.md && cat $(DEMO_OUT)/results.md
 
 # The linter first (pyproject.toml's [tool.ruff]); real-data tests need the kit: fetch it first, and make
 # them fail (not skip) without it.

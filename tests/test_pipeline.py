@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 STAGES = [
     {"name": "mtl", "run": "train", "recipe": "base.yaml", "set": {"train.max_steps": 8}},
     {"name": "teacher", "run": "train", "recipe": "base.yaml", "seeds": [0, 1], "init_from": "mtl", "set": {"train.max_steps": 8}},
-    {"name": "store", "run": "precompute", "recipe": "base.yaml", "teachers": "teacher", "splits": ["train"], "top_k": 0},
+    {"name": "store", "run": "precompute", "recipe": "base.yaml", "teachers": "teacher", "splits": ["train", "dev"], "top_k": 0},
     {"name": "student", "run": "train", "recipe": "base.yaml", "kd": "store", "set": {"kd.combine": "wkd", "kd.alpha": 0.5, "kd.temperature": 2.0}},
     {"name": "dev", "run": "evaluate", "recipe": "base.yaml", "model": "student"},
     {"name": "release", "run": "export", "model": "student"},
@@ -133,7 +133,13 @@ def test_the_kit_plan_passes_check(kit_dir, capsys):
 
 def test_report_before_anything_ran_lists_every_job_as_not_finished(tmp_path, capsys):
     assert main(["report", str(write_plan(world(tmp_path)))]) == 0
-    assert capsys.readouterr().out.strip() == "no job has finished yet\n\nnot finished: mtl, teacher-s0, teacher-s1, student, dev/student"
+    assert capsys.readouterr().out.strip() == "no job has finished yet\n\nnot finished: mtl, teacher-s0, teacher-s1, store (ensemble), student, dev/student"
+
+
+def test_the_demo_plan_passes_check(capsys):
+    """recipes/road/demo.yaml (`make demo`): the students read the features their teachers' stores hold."""
+    assert main(["check", str(REPO / "recipes" / "road" / "demo.yaml")]) == 0
+    assert "5 stages, 9 jobs: ok" in capsys.readouterr().out
 
 
 # ---------------------------------------------------------------------------- run here
@@ -168,14 +174,24 @@ def test_plan_runs_end_to_end(ran, capsys):
     assert any(k.startswith("kd/") and v > 0 for m in metrics for k, v in m.items())  # the student distilled
     assert json.loads((out / "dev" / "student" / "metrics.json").read_text())["macro"] >= 0
     assert (out / "release" / "student" / "road_ds_export.json").exists()
-    # report: one row per train and evaluate job, the student's the trainer's own eval, the export's through evaluate alike
+    # report: one row per train and evaluate job, the student's the trainer's own eval, the export's through
+    # evaluate alike; the teachers' ensemble from the stores' dev sets; the all-null QA baseline
     assert main(["report", str(plan)]) == 0
-    lines = capsys.readouterr().out.strip().splitlines()
+    text = capsys.readouterr().out.strip()
+    lines = [x for x in text.splitlines() if x.startswith("|")]
     assert lines[0].startswith("| model | sq F1 | sq EM | sq HasAns F1 | sq NoAns acc |") and lines[0].endswith("| rt acc | pairs acc | macro |")
-    assert [x.split(" | ")[0] for x in lines[2:]] == ["| mtl", "| teacher-s0", "| teacher-s1", "| student", "| dev/student"]
+    assert [x.split(" | ")[0] for x in lines[2:]] == ["| mtl", "| teacher-s0", "| teacher-s1", "| store: teachers' ensemble", "| student", "| dev/student"]
     macro = 100 * json.loads((out / "student" / "eval_results.json").read_text())["macro"]
-    assert lines[5].endswith(f"| {macro:.1f} |")
-    assert lines[6].split(" | ")[1:] == lines[5].split(" | ")[1:]
+    assert lines[6].endswith(f"| {macro:.1f} |")
+    assert lines[7].split(" | ")[1:] == lines[6].split(" | ")[1:]
+    sq = json.loads((out / "mtl" / "eval_results.json").read_text())["sq"]
+    assert text.endswith(f'all-null baseline ("no answer" everywhere): sq F1 {100 * sq["NoAns_total"] / sq["total"]:.1f}')
+    # the ensemble of one teacher twice is that teacher: its stored dev log-probabilities decode to its own eval
+    from road_ds.pipelines.runs import ensemble_scores
+
+    alone = ensemble_scores(str(d / "base.yaml"), [out / "store" / "teacher-s0"] * 2)
+    own = json.loads((out / "teacher-s0" / "eval_results.json").read_text())
+    assert alone["sq"]["f1"] == pytest.approx(own["sq"]["f1"], abs=1.0) and alone["macro"] == pytest.approx(own["macro"], abs=0.01)
     again = run_plan(plan)
     text = again.communicate(timeout=300)[0]
     assert again.returncode == 0 and " start " not in text, text[-2000:]  # every stage finished: nothing runs

@@ -1,6 +1,10 @@
 """The study's plan and the step runner behind `make study` / `make demo` (no training here)."""
 
+import json
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -43,6 +47,31 @@ def test_a_failed_step_stops_its_dependents_and_names_its_log(tmp_path, capsys):
     assert {"bad", "later"} <= set(wall)
 
 
+def test_a_stopped_runner_stops_its_steps_and_the_rerun_counts_their_time(tmp_path):
+    """SIGTERM to the runner (scancel, kill) reaches the running step, which must not live on beside the
+    rerun's copy; the time it ran is added to the wall-clock of the rerun that finishes it."""
+    started, stopped = tmp_path / "started", tmp_path / "stopped"
+    code = (f"import signal,time; p=pathlib.Path; signal.signal(signal.SIGTERM, lambda *a: (p({str(stopped)!r}).write_text('x'), sys.exit(3)));"
+            f"resumed = p({str(stopped)!r}).exists(); p({str(started)!r}).write_text('x'); time.sleep(0 if resumed else 120)")
+    runner = (f"import pathlib,sys; sys.path.insert(0, {str(REPO)!r}); sys.path.insert(0, {str(Path(__file__).parent)!r});"
+              f"from test_study import touch_step; from road_ds.pipelines.runs import run_steps;"
+              f"run_steps([touch_step('long', pathlib.Path({str(tmp_path)!r}), [], {code!r})], pathlib.Path({str(tmp_path / 'logs')!r}), log=print)")
+    proc = subprocess.Popen([sys.executable, "-c", runner], stdout=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not started.exists() and time.time() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, out
+    assert stopped.exists() and "stopped long after" in out
+    ran = json.loads((tmp_path / "logs" / "partial_s.json").read_text())["long"]
+    assert ran >= 1.0
+    wall = run_steps([touch_step("long", tmp_path, [], code)], tmp_path / "logs", log=lambda m: None)
+    assert wall["long"] >= ran
+    assert json.loads((tmp_path / "logs" / "partial_s.json").read_text()) == {}
+
+
 def test_a_step_needing_an_unknown_step_is_refused(tmp_path):
     with pytest.raises(ValueError, match="unknown steps"):
         run_steps([touch_step("x", tmp_path, ["nope"])], tmp_path, log=lambda m: None)
@@ -55,46 +84,52 @@ def test_the_study_plan_makes_valid_recipes_and_the_core_comparison():
     out = Path("/tmp/study-out")
     steps, overrides, recipes = plan_steps(plan, recipe, out, plan_path.parent)
     names = {s.name for s in steps}
-    for core in ("l3-nokd", "l3-mean", "l3-wkd"):
+    for core in ("l6-nokd", "l6-mean", "l6-wkd"):
         assert {f"{core}-s{s}" for s in (0, 1, 2)} <= names
     by_name = {s.name: s for s in steps}
     assert by_name["teacher-s1"].after == ["mtl"]
-    assert by_name["store-s1"].after == ["teacher-s1"]
-    assert by_name["l3-wkd-s2"].after == ["store-s0", "store-s1", "store-s2"]
-    assert by_name["l3-transfer-wkd-s0"].after == ["store-transfer-s0", "store-transfer-s1", "store-transfer-s2"]
-    assert by_name["l3-nokd-s0"].after == [] and by_name["l3-two-stage-s0"].after == ["l3-nokd-s0"]
+    assert by_name["store-qa-s1"].after == ["teacher-s1"]
+    assert by_name["l6-wkd-s2"].after == ["store-qa-s0", "store-qa-s1", "store-qa-s2"]
+    assert by_name["l3-wkd-s0"].after == ["store-s0", "store-s1", "store-s2"]
+    assert by_name["l6-transfer-wkd-s0"].after == ["store-transfer-s0", "store-transfer-s1", "store-transfer-s2"]
+    assert by_name["l6-nokd-s0"].after == [] and by_name["l6-two-stage-s0"].after == ["mtl"]
     rec = {name: load_recipe(recipes[name], sets[1::2]) for name, sets in overrides.items()}
     for name, r in rec.items():
         assert r.train.seed == (int(name.rsplit("-s", 1)[1]) if name != "mtl" else 0)
         if name.startswith("teacher-s"):
             assert r.model.init_from == str(out / "mtl" / "export") and "minilm-l6" in r.model.name_or_path
-        if name.startswith("l3-wkd-s"):
+        if name.startswith("l6-wkd-s"):  # ROaD's second stage with WKD, on the teachers' own encoder
             assert r.kd.combine == "wkd" and r.kd.W == 0.75 and len(r.kd.teachers) == 3
-            assert "minilm-l3" in r.model.name_or_path and r.mtl.passes == 4
-        if name.startswith("l3-nokd"):
+            assert "minilm-l6" in r.model.name_or_path and [d.name for d in r.datasets] == ["squad2"]
+        if name.startswith("l6-nokd"):
             assert r.kd is None or not r.kd.teachers
-    # students train on the slice their stores were made on; the transfer set adds rows without gold
-    store_args = by_name["store-s0"].cmd
-    main_limits = [a for a in store_args if a.startswith("datasets.")]
-    assert main_limits and all(f"--set {a}" in " ".join(overrides["l3-wkd-s0"]) for a in main_limits)
-    xfer = rec["l3-transfer-wkd-s0"]
-    assert all(d.labeled == rec["l3-wkd-s0"].dataset(d.name).limit["train"] < d.limit["train"] for d in xfer.datasets)
+        if name.startswith("l3-"):  # the compression arm: MiniLM-L3 on the MTL mix
+            assert "minilm-l3" in r.model.name_or_path and len(r.datasets) == 3
+    # students train on the slice their stores were made on, with the stores' recipe
+    store_args = by_name["store-qa-s0"].cmd
+    assert store_args[2] == recipes["l6-wkd-s0"]
+    limits = [a for a in store_args if a.startswith("datasets.")]
+    assert limits and all(f"--set {a}" in " ".join(overrides["l6-wkd-s0"]) for a in limits)
+    # the transfer set adds rows without gold
+    xfer = rec["l6-transfer-wkd-s0"]
+    assert all(d.labeled == rec["l6-wkd-s0"].dataset(d.name).limit["train"] < d.limit["train"] for d in xfer.datasets)
     # the two stages: the same encoder, the same total updates
-    two, one = rec["l3-two-stage-s0"], rec["l3-squad2-only-s0"]
-    assert two.model.init_from == str(out / "l3-nokd-s0" / "export") and one.model.init_from is None
-    assert two.train.max_steps + rec["l3-nokd-s0"].train.max_steps == one.train.max_steps
-    assert [d.name for d in one.datasets] == ["squad2"]
+    two, one = rec["l6-two-stage-s0"], rec["l6-squad2-only-s0"]
+    assert two.model.init_from == str(out / "mtl" / "export") and one.model.init_from is None
+    assert two.train.max_steps + rec["mtl"].train.max_steps == one.train.max_steps
+    assert two.model.name_or_path == one.model.name_or_path == rec["mtl"].model.name_or_path
 
 
 @pytest.mark.parametrize("change, field", [
     (lambda p: p["runs"][0].update(bogus=1), "runs.0.bogus"),
     (lambda p: p["runs"][1].update(teachers=[7]), "runs.1.teachers"),
-    (lambda p: p["comparisons"].append(["l3-wkd", "nope"]), "comparisons."),
+    (lambda p: p["comparisons"].append(["l6-wkd", "nope"]), "comparisons."),
     (lambda p: p["runs"].append(dict(p["runs"][0])), ".name"),
     (lambda p: p["runs"][1].update(store="nope"), "runs.1.store"),
-    (lambda p: p["runs"][1].update(store=None), "runs.1.store"),
-    (lambda p: p["runs"][0].update(init_from="l3-kd1"), "runs.0.init_from"),
-    (lambda p: p["targets"]["kd_gain"].append(["l3-nokd", "l3-wkd"]), "targets.kd_gain.1"),
+    (lambda p: p["runs"][4].update(store=None), "runs.4.store"),
+    (lambda p: p["runs"][4].pop("recipe"), "runs.4.recipe"),  # its stores are made on squad2.yaml's features
+    (lambda p: p["runs"][0].update(init_from="nope"), "runs.0.init_from"),
+    (lambda p: p["targets"]["kd_gain"].append(["l6-nokd", "l6-wkd"]), "targets.kd_gain.1"),
 ])
 def test_a_bad_plan_is_named_with_its_field(tmp_path, change, field):
     plan = yaml.safe_load((REPO / "recipes" / "study" / "runs.yaml").read_text())
@@ -111,7 +146,7 @@ def _fake_results(plan):
     results = {}
     for r in plan.runs:
         for s in r.seeds:
-            bonus = 0.02 * s if r.name == "l3-wkd" else 0.0  # wkd beats no-KD by 0, 2, 4 points on seeds 0, 1, 2
+            bonus = 0.02 * s if r.name == "l6-wkd" else 0.0  # wkd beats no-KD by 0, 2, 4 points on seeds 0, 1, 2
             results[f"{r.name}-s{s}"] = res(0.70 + 0.01 * s + bonus, 0.60)
     return results, res
 
@@ -123,9 +158,9 @@ def test_the_tables_pair_runs_by_seed():
     results, res = _fake_results(plan)
     text = summary_table(plan, results, {"t": res(0.8, 0.7)})
     assert "| qnli acc | sentiment acc | macro |" in text
-    assert "| l3-wkd | 3 | 60.0 ± 0.0 | 73.0 ± 3.0 | 66.5 ± 1.5 |" in text
-    row = next(line for line in paired_table(plan, results).splitlines() if line.startswith("| l3-wkd − l3-nokd |"))
-    assert row.startswith("| l3-wkd − l3-nokd | 3 | 0.0 ± 0.0 | 2.0 ± 2.0 | 1.0 ± 1.0 | 2/3 |")
+    assert "| l6-wkd | 3 | 60.0 ± 0.0 | 73.0 ± 3.0 | 66.5 ± 1.5 |" in text
+    row = next(line for line in paired_table(plan, results).splitlines() if line.startswith("| l6-wkd − l6-nokd |"))
+    assert row.startswith("| l6-wkd − l6-nokd | 3 | 0.0 ± 0.0 | 2.0 ± 2.0 | 1.0 ± 1.0 | 2/3 |")
 
 
 def test_runs_with_other_columns_get_dashes_and_targets_say_what_is_met(tmp_path):
@@ -134,18 +169,18 @@ def test_runs_with_other_columns_get_dashes_and_targets_say_what_is_met(tmp_path
     plan = load_plan(REPO / "recipes" / "study" / "runs.yaml")
     results, res = _fake_results(plan)
     qa = lambda f: {"squad2": {"f1": f, "exact": f, "HasAns_f1": f, "NoAns_exact": 50.0, "main": f / 100}, "macro": f / 100}  # noqa: E731
-    results["l3-two-stage-s0"], results["l3-squad2-only-s0"] = qa(40.0), qa(30.0)
+    results["l6-two-stage-s0"], results["l6-squad2-only-s0"] = qa(40.0), qa(30.0)
     teachers = {f"teacher-s{s}": res(0.85, 0.79 + 0.02 * s) | {"squad2": {"f1": 60.0, "exact": 55.0, "HasAns_f1": 45.0, "NoAns_exact": 70.0}} for s in (0, 1, 2)}
     text = summary_table(plan, results, teachers)
     assert text.splitlines()[0].startswith("| model | seeds | qnli acc | sentiment acc | squad2 F1 |")
-    line = next(x for x in text.splitlines() if x.startswith("| l3-two-stage |"))
-    assert line == "| l3-two-stage | 1 | – | – | 40.0 | 40.0 | 40.0 | 50.0 | 40.0 |"  # no qnli, no sentiment
-    row = next(x for x in paired_table(plan, results).splitlines() if x.startswith("| l3-two-stage − l3-squad2-only |"))
+    line = next(x for x in text.splitlines() if x.startswith("| l6-two-stage |"))
+    assert line == "| l6-two-stage | 1 | – | – | 40.0 | 40.0 | 40.0 | 50.0 | 40.0 |"  # no qnli, no sentiment
+    row = next(x for x in paired_table(plan, results).splitlines() if x.startswith("| l6-two-stage − l6-squad2-only |"))
     assert "| 10.0 |" in row and "1/1" in row
     goals = {g["name"]: g for g in targets(plan, teachers, paired(plan, results), 95.0)}
     assert goals["teacher-s0 squad2 HasAns F1 >= floor"] == {"name": "teacher-s0 squad2 HasAns F1 >= floor", "value": 45.0, "target": 50, "met": False}
     assert goals["teacher-s0 qnli acc >= floor"]["met"] is False and goals["teacher-s1 qnli acc >= floor"]["met"] is True
-    kd = goals["l3-wkd − l3-nokd macro > 2 x paired std (3 seeds)"]
+    kd = goals["l6-wkd − l6-nokd macro > 2 x paired std (3 seeds)"]
     assert kd["value"] == 1.0 and kd["target"] == 2.0 and kd["met"] is False  # +1.0 ± 1.0: inside the noise
     assert goals["study elapsed wall-clock (min) <= budget"]["met"] is True
     curve = {"teacher-s0": {"squad2/f1": [(100, 20.0), (160, 30.0)], "qnli/accuracy": [(100, 0.6), (160, 0.7)]}}

@@ -331,21 +331,35 @@ def _clear_stale(plan: Plan, prefix: str, log) -> None:
 
 
 def report(plan: Plan) -> str:
-    """The dev results of every train and evaluate job, as one table (percent), in plan order; the
-    jobs not finished yet are listed under it."""
-    from road_ds.pipelines.runs import table
+    """The dev results of every train and evaluate job, as one table (percent), in plan order, with the
+    teachers' ensemble of each precompute stage that stored the dev sets (the mean of its teachers'
+    log-probabilities) and the all-null QA baseline; the jobs not finished yet are listed under it."""
+    from road_ds.pipelines.runs import all_null, ensemble_scores, table
+    from road_ds.recipe import load_recipe
 
     rows, missing = {}, []
     for st in plan.spec.stages:
+        insts = plan.instances[st.name]
+        if st.run == "precompute" and len(insts) > 1:
+            recipe = load_recipe(plan.recipe(st), _sets(st.set))
+            if not all(d.eval_split in st.splits for d in recipe.datasets):
+                continue
+            if all(i.done.exists() for i in insts):
+                rows[f"{st.name}: teachers' ensemble"] = ensemble_scores(plan.recipe(st), [i.out for i in insts], _sets(st.set))
+            else:
+                missing.append(f"{st.name} (ensemble)")
         if st.run not in ("train", "evaluate"):
             continue
-        for inst in plan.instances[st.name]:
+        for inst in insts:
             if not inst.done.exists():
                 missing.append(inst.name)
                 continue
             results = json.loads(inst.done.read_text())  # evaluate names its sets dataset/split: the eval split, as training's
             rows[inst.name] = {k.split("/")[0]: v for k, v in results.items()}
     text = table(rows) if rows else "no job has finished yet"
+    null = next((all_null(r) for r in rows.values() if all_null(r)), {})
+    if null:
+        text += "\n\nall-null baseline (\"no answer\" everywhere): " + ", ".join(f"{n} F1 {v:.1f}" for n, v in null.items())
     return text + (f"\n\nnot finished: {', '.join(missing)}" if missing else "")
 
 

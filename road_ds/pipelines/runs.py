@@ -2,12 +2,15 @@
 
 A step is finished when its marker file exists (a run's `eval_results.json`, a store's `manifest.json`),
 so a killed pipeline reruns only what is missing; the trainer and the precompute resume inside a step.
+A runner stopped by SIGTERM or Ctrl-C passes SIGTERM to its steps (the trainer checkpoints on it) and
+waits for them, so no step outlives it to race the rerun's copy of itself.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -46,14 +49,37 @@ def _last_progress(log_file: Path) -> str:
     return frames[-1][:160] if frames else ""
 
 
+def _exit_on_sigterm(signum, frame):
+    raise SystemExit(128 + signum)
+
+
+def _stop(running: dict, partial: dict, partial_file: Path, log) -> None:
+    """Tell every running step to stop, wait for it (a trainer saves a checkpoint first), and keep the
+    time each had run, which the rerun that finishes it adds to its wall-clock."""
+    for proc, _, _ in running.values():
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for name, (proc, t0, _) in running.items():
+        try:
+            proc.wait(timeout=300)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        partial[name] = round(partial.get(name, 0.0) + time.time() - t0, 1)
+        log(f"[{time.strftime('%H:%M:%S')}] stopped {name} after {time.time() - t0:.0f} s (exit {proc.returncode}); a rerun resumes it")
+    if running:
+        write_json(partial_file, partial)
+
+
 def run_steps(steps: list[Step], logs: Path, jobs: int = 1, log=print, progress_every: float = 30.0) -> dict[str, float]:
     """Run the unfinished steps, `jobs` at a time, each after the steps it needs; CPU threads are split
     between them. Every `progress_every` seconds a line per running step says where it is (stage k of
     n, its elapsed time, the last line of its log), so a long step is never silent. Returns each
-    step's wall-clock seconds (also kept in `logs/wall_s.json`)."""
+    step's wall-clock seconds (also kept in `logs/wall_s.json`; a step stopped and resumed counts both)."""
     logs.mkdir(parents=True, exist_ok=True)
-    wall_file = logs / "wall_s.json"
+    wall_file, partial_file = logs / "wall_s.json", logs / "partial_s.json"
     wall = json.loads(wall_file.read_text()) if wall_file.exists() else {}
+    partial = json.loads(partial_file.read_text()) if partial_file.exists() else {}
     names = {s.name for s in steps}
     for s in steps:
         missing = [a for a in s.after if a not in names]
@@ -70,35 +96,41 @@ def run_steps(steps: list[Step], logs: Path, jobs: int = 1, log=print, progress_
     number = {s.name: i + 1 for i, s in enumerate(steps)}
     stage = lambda s: f"stage {number[s.name]}/{len(steps)} {s.name}"  # noqa: E731
     t_start = t_said = time.time()
-    while pending or running:
-        ready = [s for s in pending if all(a in finished for a in s.after)]
-        while ready and len(running) < jobs and not failed:
-            s = ready.pop(0)
-            pending.remove(s)
-            log(f"[{time.strftime('%H:%M:%S')}] start {stage(s)}: {' '.join(s.cmd)}")
-            with open(logs / f"{s.name}.log", "a") as fh:
-                running[s.name] = (subprocess.Popen(s.cmd, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT), time.time(), s)
-        if not running:
-            if failed or pending:
-                break
-            continue
-        time.sleep(0.5)
-        if time.time() - t_said >= progress_every:
-            t_said = time.time()
-            for name, (_, t0, s) in running.items():
-                log(f"[{time.strftime('%H:%M:%S')}] {stage(s)}: {t_said - t0:.0f} s (total {t_said - t_start:.0f} s) | {_last_progress(logs / f'{name}.log')}")
-        for name, (proc, t0, s) in list(running.items()):
-            if proc.poll() is None:
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        while pending or running:
+            ready = [s for s in pending if all(a in finished for a in s.after)]
+            while ready and len(running) < jobs and not failed:
+                s = ready.pop(0)
+                pending.remove(s)
+                log(f"[{time.strftime('%H:%M:%S')}] start {stage(s)}: {' '.join(s.cmd)}")
+                with open(logs / f"{s.name}.log", "a") as fh:
+                    running[s.name] = (subprocess.Popen(s.cmd, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT), time.time(), s)
+            if not running:
+                if failed or pending:
+                    break
                 continue
-            del running[name]
-            if proc.returncode != 0 or not s.done.exists():
-                failed.append(name)
-                log(f"step {name} failed (exit {proc.returncode}); its log: {logs / (name + '.log')}")
-                continue
-            finished.add(name)
-            wall[name] = round(time.time() - t0, 1)
-            write_json(wall_file, wall)
-            log(f"[{time.strftime('%H:%M:%S')}] done {stage(s)} in {wall[name]:.0f} s (total {time.time() - t_start:.0f} s)")
+            time.sleep(0.5)
+            if time.time() - t_said >= progress_every:
+                t_said = time.time()
+                for name, (_, t0, s) in running.items():
+                    log(f"[{time.strftime('%H:%M:%S')}] {stage(s)}: {t_said - t0:.0f} s (total {t_said - t_start:.0f} s) | {_last_progress(logs / f'{name}.log')}")
+            for name, (proc, t0, s) in list(running.items()):
+                if proc.poll() is None:
+                    continue
+                del running[name]
+                if proc.returncode != 0 or not s.done.exists():
+                    failed.append(name)
+                    log(f"step {name} failed (exit {proc.returncode}); its log: {logs / (name + '.log')}")
+                    continue
+                finished.add(name)
+                wall[name] = round(partial.pop(name, 0.0) + time.time() - t0, 1)
+                write_json(wall_file, wall)
+                write_json(partial_file, partial)
+                log(f"[{time.strftime('%H:%M:%S')}] done {stage(s)} in {wall[name]:.0f} s (total {time.time() - t_start:.0f} s)")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        _stop(running, partial, partial_file, log)
     if failed:
         tail = (logs / f"{failed[0]}.log").read_text()[-4000:]
         sys.stderr.write(tail)
@@ -108,8 +140,9 @@ def run_steps(steps: list[Step], logs: Path, jobs: int = 1, log=print, progress_
     return wall
 
 
-def ensemble_scores(recipe_path: str, stores: list[Path]) -> dict:
-    """The teachers' ensemble on the dev splits: the mean of their log-probabilities, decoded and scored."""
+def ensemble_scores(recipe_path: str, stores: list[Path], overrides: list[str] = ()) -> dict:
+    """The teachers' ensemble on the dev splits: the mean of their log-probabilities, decoded and scored.
+    `overrides` are the `--set` values the stores were made with (their features)."""
     from road_ds.batching import collate
     from road_ds.evaluate import macro, score
     from road_ds.features import build_features, load_tokenizer
@@ -117,7 +150,7 @@ def ensemble_scores(recipe_path: str, stores: list[Path]) -> dict:
     from road_ds.recipe import load_recipe
     from road_ds.store import TeacherSet
 
-    recipe = load_recipe(recipe_path)
+    recipe = load_recipe(recipe_path, list(overrides))
     tok = load_tokenizer(recipe.model.tokenizer_path)
     teachers = TeacherSet.open(stores)
     results = {}
@@ -156,6 +189,11 @@ def row_values(r: dict) -> dict[str, float]:
             cols[f"{name} acc"] = 100 * v["accuracy"]
     cols["macro"] = 100 * r["macro"]
     return cols
+
+
+def all_null(results: dict) -> dict[str, float]:
+    """F1 of answering "no answer" everywhere, per QA dev set of one run's results (the unanswerable share)."""
+    return {n: 100.0 * r["NoAns_total"] / r["total"] for n, r in results.items() if isinstance(r, dict) and r.get("NoAns_total") is not None}
 
 
 def table(rows: dict[str, dict]) -> str:

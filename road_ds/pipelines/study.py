@@ -49,6 +49,7 @@ class StorePlan(_Strict):
     """A training slice: the teachers' stores are made on it and the runs that name it train on it."""
 
     splits: list[str] = Field(["train", "dev"], min_length=1)
+    recipe: str | None = None  # the recipe its rows come from (relative to the plan); default the plan's
     set: dict[str, object] = {}
 
 
@@ -103,6 +104,9 @@ def load_plan(path: Path) -> StudyPlan:
             raise DataError(path, f"unknown store '{r.store}' (the plan has {', '.join(plan.stores)})", field=f"runs.{i}.store")
         if r.teachers and r.store is None:
             raise DataError(path, "a run with teachers reads their stores: name one", field=f"runs.{i}.store")
+        if r.teachers and (r.recipe or plan.recipe) != (plan.stores[r.store].recipe or plan.recipe):
+            raise DataError(path, f"store '{r.store}' is made on {plan.stores[r.store].recipe or plan.recipe}, the run trains on "
+                            f"{r.recipe or plan.recipe}: a run reads stores made on its own features", field=f"runs.{i}.recipe")
         if r.init_from is not None and not (r.init_from == "mtl" and plan.pretrain is not None):
             src = next((o for o in plan.runs if o.name == r.init_from), None)
             if src is None or src is r or not set(r.seeds) <= set(src.seeds):
@@ -124,6 +128,11 @@ def sets(*mappings: dict) -> list[str]:
         for k, v in m.items():
             args += ["--set", f"{k}={json.dumps(v)}"]
     return args
+
+
+def recipe_path(plan_dir: Path, name: str | None, default: str) -> str:
+    """A run's or a store's recipe: its own (relative to the plan) or the plan's."""
+    return str((plan_dir / name).resolve()) if name else default
 
 
 def store_dir(out: Path, store: str, seed: int) -> Path:
@@ -158,11 +167,11 @@ def plan_steps(plan: StudyPlan, recipe: str, out: Path, plan_dir: Path | None = 
             if (name, s) not in used:
                 continue
             d = store_dir(out, name, s)
-            steps.append(Step(store_step(name, s), [py, "road_ds/precompute.py", recipe, *sets(st.set), "--teacher", str(out / f"teacher-s{s}" / "export"),
+            steps.append(Step(store_step(name, s), [py, "road_ds/precompute.py", recipe_path(plan_dir, st.recipe, recipe), *sets(st.set), "--teacher", str(out / f"teacher-s{s}" / "export"),
                                                     "--out", str(d), *[a for sp in st.splits for a in ("--split", sp)], "--top-k", str(plan.top_k)],
                               d / "manifest.json", [f"teacher-s{s}"]))
     for r in plan.runs:
-        rec = str((plan_dir / r.recipe).resolve()) if r.recipe else recipe
+        rec = recipe_path(plan_dir, r.recipe, recipe)
         data = plan.stores[r.store].set if r.store is not None else {}
         kd = {**plan.kd, "kd.teachers": [str(store_dir(out, r.store, t)) for t in r.teachers]} if r.teachers else {}
         for seed in r.seeds:
@@ -463,7 +472,8 @@ def main(argv=None) -> int:
         tokenizers: dict = {}
         # every run's recipe must be valid before hours are spent, and its features built once, before
         # runs in parallel would race to build them (the stores' slices too)
-        checks = [(recipes[n], o[1::2]) for n, o in overrides.items()] + [(recipe, sets(st.set)[1::2]) for st in plan.stores.values()]
+        checks = [(recipes[n], o[1::2]) for n, o in overrides.items()]
+        checks += [(recipe_path(plan_path.parent, st.recipe, recipe), sets(st.set)[1::2]) for st in plan.stores.values()]
         for path, o in checks:
             r = load_recipe(path, o)
             if r.model.tokenizer_path not in tokenizers:
