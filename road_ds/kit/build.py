@@ -23,7 +23,6 @@ from road_ds.kit.sentiment import _build_sentiment
 from road_ds.kit.sources import CACHE_ENV, GROUP_ARCHIVES, GROUP_ORDER, GROUP_OUTPUTS, MANIFEST, KitError, Log
 from road_ds.kit.squad import _build_squad
 from road_ds.kit.stage import _Stage
-from road_ds.kit.vitaminc import _build_vitaminc
 
 
 @contextlib.contextmanager
@@ -49,7 +48,6 @@ def _locked(cache: Path, log: Log):
 
 BUILDERS: dict[str, Callable[[_Context, _Stage], dict]] = {
     "squad": _build_squad,
-    "vitaminc": _build_vitaminc,
     "sentiment": _build_sentiment,
     "minilm-l6": _build_minilm_l6,
     "minilm-l3": _build_minilm_l3,

@@ -22,11 +22,6 @@ def _json(obj) -> bytes:
     return json.dumps(obj, ensure_ascii=False).encode("utf-8")
 
 
-def _hash_unit(text: str) -> float:
-    """A deterministic number in [0, 1) for a string."""
-    return int(hashlib.sha256(text.encode("utf-8")).hexdigest()[:15], 16) / float(16**15)
-
-
 def _seeded(label: str) -> random.Random:
     return random.Random(int(hashlib.sha256(label.encode("utf-8")).hexdigest()[:16], 16))
 

@@ -89,7 +89,6 @@ def _manifest(groups: dict[str, dict], files: dict[str, dict]) -> dict:
         "minilm_l3_check": l3.get("check"),
         "groups": {g: {"files": groups[g]["files"], "counts": groups[g]["counts"],
                        "info": groups[g]["info"]} for g in GROUP_ORDER},
-        "note": ("squad/, squad2/, qnli/ and vitaminc/ come from BIG-bench task files, which carry "
-                 "a canary string asking to keep them out of training crawls: keep the kit out of "
-                 "git and out of any web-crawlable place."),
+        "note": ("the data are other people's, under the licences in `sources`: keep the kit out of "
+                 "git and pass it on only as those licences allow."),
     }

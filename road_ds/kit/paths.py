@@ -25,8 +25,7 @@ def kit_paths(cache=None) -> dict[str, Path]:
     """Where the kit's files are (whether or not they have been fetched yet)."""
     kit = kit_dir(cache)
     paths = {"kit": kit, "manifest": kit / MANIFEST, "downloads": kit.parent / "downloads"}
-    for name, ext in (("squad", "json"), ("squad2", "json"), ("qnli", "jsonl"),
-                      ("vitaminc", "jsonl"), ("sentiment", "jsonl")):
+    for name, ext in (("squad", "json"), ("squad2", "json"), ("qnli", "jsonl"), ("sentiment", "jsonl")):
         for split in ("train", "dev"):
             paths[f"{name}_{split}"] = kit / name / f"{split}.{ext}"
     paths["minilm_l6"] = kit / "models" / "minilm-l6"
@@ -35,7 +34,7 @@ def kit_paths(cache=None) -> dict[str, Path]:
 
 
 def _check_outside_repo(cache: Path) -> None:
-    """The BIG-bench-derived files must not end up in this repository's working tree."""
+    """The kit's data (other people's, under their licences) must not end up in this repository's working tree."""
     repo = Path(__file__).resolve().parents[2]
     if not (repo / ".git").exists():
         return
@@ -44,6 +43,6 @@ def _check_outside_repo(cache: Path) -> None:
     except ValueError:
         return
     raise KitError(
-        f"cache dir {cache} is inside the repository {repo}; the kit holds BIG-bench data that "
+        f"cache dir {cache} is inside the repository {repo}; the kit holds third-party data that "
         f"must stay out of git. Use a cache outside the repository (--cache-dir or ${CACHE_ENV})."
     )

