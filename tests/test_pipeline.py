@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import write_tiny_tokenizer
-from test_train import _data, _recipe
+from conftest import squad_doc, write_tiny_tokenizer
+from test_train import CTX, _data, _recipe
 
 from road_ds.errors import DataError
 from road_ds.pipelines.plan import check, load_plan, main
@@ -36,6 +36,10 @@ def world(d: Path) -> Path:
     """Data, a tokenizer and the tiny recipe every stage uses (with the stage's overrides)."""
     tok = write_tiny_tokenizer(d / "tok")
     _data(d)
+    # a SQuAD 2.0 dev set: four of its twelve questions unanswerable, so the report has an all-null baseline
+    qas = [{"id": f"q{i}", "question": f"what is the capital {i}?", "answers": [{"text": "Paris", "answer_start": 0}]} for i in range(8)]
+    qas += [{"id": f"n{i}", "question": f"who won the cup {i}?", "answers": [], "is_impossible": True} for i in range(4)]
+    (d / "squad_dev.json").write_text(json.dumps(squad_doc([{"title": "P", "paragraphs": [{"context": CTX, "qas": qas}]}], "v2.0")))
     (d / "base.yaml").write_text(yaml.safe_dump(_recipe(d, tok, None)))
     return d
 
@@ -185,7 +189,7 @@ def test_plan_runs_end_to_end(ran, capsys):
     assert lines[6].endswith(f"| {macro:.1f} |")
     assert lines[7].split(" | ")[1:] == lines[6].split(" | ")[1:]
     sq = json.loads((out / "mtl" / "eval_results.json").read_text())["sq"]
-    assert text.endswith(f'all-null baseline ("no answer" everywhere): sq F1 {100 * sq["NoAns_total"] / sq["total"]:.1f}')
+    assert sq["NoAns_total"] == 4 and text.endswith('all-null baseline ("no answer" everywhere): sq F1 33.3')
     # the ensemble of one teacher twice is that teacher: its stored dev log-probabilities decode to its own eval
     from road_ds.pipelines.runs import ensemble_scores
 
