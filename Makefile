@@ -50,10 +50,12 @@ bench-peer: kit
 	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) bench/peer_bench.py --out docs/bench_peer.md $(if $(HF_EXAMPLES),--hf-examples $(HF_EXAMPLES),)
 
-# The quality study (recipes/study/runs.yaml → docs/results.md); a rerun skips finished runs.
+# The quality study: the plan recipes/study/plan.yaml, then its report (docs/results.md, .json, .png);
+# a rerun skips finished jobs.
 STUDY_JOBS ?= 2
 study: kit
-	$(PY) -m road_ds.pipelines.study --plan recipes/study/runs.yaml --out outputs/study --results docs/results.md --jobs $(STUDY_JOBS)
+	$(VENV)/bin/road-ds pipeline run recipes/study/plan.yaml --jobs $(STUDY_JOBS)
+	$(VENV)/bin/road-ds pipeline report recipes/study/plan.yaml --results docs/results.md
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

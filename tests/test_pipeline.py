@@ -140,6 +140,12 @@ def test_report_before_anything_ran_lists_every_job_as_not_finished(tmp_path, ca
     assert capsys.readouterr().out.strip() == "no job has finished yet\n\nnot finished: mtl, teacher-s0, teacher-s1, store (ensemble), student, dev/student"
 
 
+def test_the_study_plan_passes_check(kit_dir, capsys):
+    """recipes/study/plan.yaml (`make study`): every KD student reads the features its stores hold."""
+    assert main(["check", str(REPO / "recipes" / "study" / "plan.yaml")]) == 0
+    assert "15 stages, 29 jobs: ok" in capsys.readouterr().out
+
+
 def test_the_demo_plan_passes_check(capsys):
     """recipes/road/demo.yaml (`make demo`): the students read the features their teachers' stores hold."""
     assert main(["check", str(REPO / "recipes" / "road" / "demo.yaml")]) == 0
@@ -199,6 +205,37 @@ def test_plan_runs_end_to_end(ran, capsys):
     again = run_plan(plan)
     text = again.communicate(timeout=300)[0]
     assert again.returncode == 0 and " start " not in text, text[-2000:]  # every stage finished: nothing runs
+
+
+def test_a_study_block_reports_the_plan_as_results_md_json_and_png(ran):
+    """`report --results` (what `make study` writes): the teachers with their MTL step and ensemble, every
+    other train stage a variant, the targets, the plan's elapsed time; the reading survives a rerun."""
+    d, _, _ = ran
+    out = d / "out"
+    study = write_plan(d, name="study.yaml", study={"teachers": "teacher", "pretrain": "mtl", "ensemble": "store",
+                                                    "teacher_floors": {"sq F1": 0.0, "rt acc": 101.0}})
+    md = d / "docs" / "results.md"
+    assert main(["report", str(study), "--results", str(md)]) == 0
+    data = json.loads(md.with_suffix(".json").read_text())
+    assert list(data["teachers"]) == ["mtl", "teacher-s0", "teacher-s1", "teachers' ensemble"]
+    assert list(data["runs"]) == ["student"]  # the evaluate and export stages are no variants
+    macro = 100 * json.loads((out / "student" / "eval_results.json").read_text())["macro"]
+    assert data["runs"]["student"]["macro"]["seeds"] == {"0": pytest.approx(macro)}
+    goals = {g["name"]: g["met"] for g in data["targets"]}
+    assert goals["teacher-s1 sq F1 >= floor"] is True and goals["teacher-s1 rt acc >= floor"] is False
+    assert data["elapsed_min"] > 0 and data["jobs"] == 1 and "student" in data["wall_s"]
+    text = md.read_text()
+    assert "| student | 1 |" in text and f"road-ds pipeline run {os.path.relpath(study, REPO)} --jobs 1" in text
+    assert md.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md.write_text(text.replace("(to be written after reading the tables)", "KD helps here."))
+    assert main(["report", str(study), "--results", str(md)]) == 0
+    assert "KD helps here." in md.read_text()
+
+
+def test_report_results_needs_a_study_block(ran, capsys):
+    d, plan, _ = ran
+    assert main(["report", str(plan), "--results", str(d / "r.md")]) == 2
+    assert "study" in capsys.readouterr().err and not (d / "r.md").exists()
 
 
 def test_killed_stage_resumes_to_the_same_final_metrics(ran):

@@ -1,4 +1,4 @@
-"""The study's plan and the step runner behind `make study` / `make demo` (no training here)."""
+"""The step runner behind every plan, and the study's plan and report (no training here)."""
 
 import json
 import signal
@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from road_ds.errors import DataError
+from road_ds.pipelines.plan import load_plan, steps, variants
 from road_ds.pipelines.runs import Step, run_steps
-from road_ds.pipelines.study import load_plan, plan_steps
 from road_ds.recipe import load_recipe
 
 REPO = Path(__file__).resolve().parent.parent
@@ -77,23 +77,24 @@ def test_a_step_needing_an_unknown_step_is_refused(tmp_path):
         run_steps([touch_step("x", tmp_path, ["nope"])], tmp_path, log=lambda m: None)
 
 
+def _study(out="/tmp/study-out"):
+    return load_plan(REPO / "recipes" / "study" / "plan.yaml", out)
+
+
 def test_the_study_plan_makes_valid_recipes_and_the_core_comparison():
-    plan_path = REPO / "recipes" / "study" / "runs.yaml"
-    plan = load_plan(plan_path)
-    recipe = str(plan_path.parent / plan.recipe)
-    out = Path("/tmp/study-out")
-    steps, overrides, recipes = plan_steps(plan, recipe, out, plan_path.parent)
-    names = {s.name for s in steps}
+    plan = _study()
+    out = plan.out
+    by_name = {s.name: s for s in steps(plan)}
     for core in ("l6-nokd", "l6-mean", "l6-wkd"):
-        assert {f"{core}-s{s}" for s in (0, 1, 2)} <= names
-    by_name = {s.name: s for s in steps}
+        assert {f"{core}-s{s}" for s in (0, 1, 2)} <= set(by_name)
     assert by_name["teacher-s1"].after == ["mtl"]
-    assert by_name["store-qa-s1"].after == ["teacher-s1"]
-    assert by_name["l6-wkd-s2"].after == ["store-qa-s0", "store-qa-s1", "store-qa-s2"]
-    assert by_name["l3-wkd-s0"].after == ["store-s0", "store-s1", "store-s2"]
-    assert by_name["l6-transfer-wkd-s0"].after == ["store-transfer-s0", "store-transfer-s1", "store-transfer-s2"]
+    assert by_name["store-qa.teacher-s1"].after == ["teacher-s1"]  # a store starts once its own teacher is done
+    assert by_name["l6-wkd-s2"].after == ["store-qa.teacher-s0", "store-qa.teacher-s1", "store-qa.teacher-s2"]
+    assert by_name["l6-kd1-s0"].after == ["store-qa.teacher-s0"]  # KD from one teacher waits for that one
+    assert by_name["l3-wkd-s0"].after == ["store.teacher-s0", "store.teacher-s1", "store.teacher-s2"]
+    assert by_name["l6-transfer-wkd-s0"].after == ["store-transfer.teacher-s0", "store-transfer.teacher-s1", "store-transfer.teacher-s2"]
     assert by_name["l6-nokd-s0"].after == [] and by_name["l6-two-stage-s0"].after == ["mtl"]
-    rec = {name: load_recipe(recipes[name], sets[1::2]) for name, sets in overrides.items()}
+    rec = {i.name: load_recipe(plan.recipe(st), i.sets) for st in plan.spec.stages if st.run == "train" for i in plan.instances[st.name]}
     for name, r in rec.items():
         assert r.train.seed == (int(name.rsplit("-s", 1)[1]) if name != "mtl" else 0)
         if name.startswith("teacher-s"):
@@ -105,11 +106,9 @@ def test_the_study_plan_makes_valid_recipes_and_the_core_comparison():
             assert r.kd is None or not r.kd.teachers
         if name.startswith("l3-"):  # the compression arm: MiniLM-L3 on the MTL mix
             assert "minilm-l3" in r.model.name_or_path and len(r.datasets) == 3
-    # students train on the slice their stores were made on, with the stores' recipe
-    store_args = by_name["store-qa-s0"].cmd
-    assert store_args[2] == recipes["l6-wkd-s0"]
-    limits = [a for a in store_args if a.startswith("datasets.")]
-    assert limits and all(f"--set {a}" in " ".join(overrides["l6-wkd-s0"]) for a in limits)
+    assert rec["l6-kd1-s0"].kd.teachers == [str(out / "store-qa" / "teacher-s0")]
+    # students train on the slice their stores were made on: `pipeline check` compares the fingerprints
+    assert rec["l6-wkd-s0"].dataset("squad2").limit["train"] == 1000
     # the transfer set adds rows without gold
     xfer = rec["l6-transfer-wkd-s0"]
     assert all(d.labeled == rec["l6-wkd-s0"].dataset(d.name).limit["train"] < d.limit["train"] for d in xfer.datasets)
@@ -120,22 +119,25 @@ def test_the_study_plan_makes_valid_recipes_and_the_core_comparison():
     assert two.model.name_or_path == one.model.name_or_path == rec["mtl"].model.name_or_path
 
 
+def _stage(raw, name):
+    return next(s for s in raw["stages"] if s["name"] == name)
+
+
 @pytest.mark.parametrize("change, field", [
-    (lambda p: p["runs"][0].update(bogus=1), "runs.0.bogus"),
-    (lambda p: p["runs"][1].update(teachers=[7]), "runs.1.teachers"),
-    (lambda p: p["comparisons"].append(["l6-wkd", "nope"]), "comparisons."),
-    (lambda p: p["runs"].append(dict(p["runs"][0])), ".name"),
-    (lambda p: p["runs"][1].update(store="nope"), "runs.1.store"),
-    (lambda p: p["runs"][4].update(store=None), "runs.4.store"),
-    (lambda p: p["runs"][4].pop("recipe"), "runs.4.recipe"),  # its stores are made on squad2.yaml's features
-    (lambda p: p["runs"][0].update(init_from="nope"), "runs.0.init_from"),
-    (lambda p: p["targets"]["kd_gain"].append(["l6-nokd", "l6-wkd"]), "targets.kd_gain.1"),
+    (lambda p: p["study"].update(bogus=1), "study.bogus"),
+    (lambda p: p["study"]["comparisons"].append(["l6-wkd", "nope"]), "study.comparisons.10"),
+    (lambda p: p["study"]["comparisons"].append(["l6-wkd", "teacher"]), "study.comparisons.10"),  # the teachers are no variant
+    (lambda p: p["study"].update(teachers="store"), "study.teachers"),
+    (lambda p: p["study"].update(ensemble="mtl"), "study.ensemble"),
+    (lambda p: p["study"]["kd_gain"].append(["l6-nokd", "l6-wkd"]), "study.kd_gain.1"),
+    (lambda p: _stage(p, "l6-kd1").update(kd_seeds=[7]), "stages.l6-kd1.kd_seeds"),
+    (lambda p: _stage(p, "l6-nokd").update(kd_seeds=[0]), "stages.l6-nokd.kd_seeds"),
 ])
-def test_a_bad_plan_is_named_with_its_field(tmp_path, change, field):
-    plan = yaml.safe_load((REPO / "recipes" / "study" / "runs.yaml").read_text())
-    change(plan)
-    path = tmp_path / "runs.yaml"
-    path.write_text(yaml.safe_dump(plan))
+def test_a_bad_study_is_named_with_its_field(tmp_path, change, field):
+    raw = yaml.safe_load((REPO / "recipes" / "study" / "plan.yaml").read_text())
+    change(raw)
+    path = tmp_path / "plan.yaml"
+    path.write_text(yaml.safe_dump(raw))
     with pytest.raises(DataError) as e:
         load_plan(path)
     assert str(path) in str(e.value) and field in str(e.value)
@@ -144,17 +146,17 @@ def test_a_bad_plan_is_named_with_its_field(tmp_path, change, field):
 def _fake_results(plan):
     res = lambda sent, pair: {"qnli": {"accuracy": pair}, "sentiment": {"accuracy": sent}, "macro": (sent + pair) / 2, "peak_rss_mb": 1.0}  # noqa: E731
     results = {}
-    for r in plan.runs:
-        for s in r.seeds:
-            bonus = 0.02 * s if r.name == "l6-wkd" else 0.0  # wkd beats no-KD by 0, 2, 4 points on seeds 0, 1, 2
-            results[f"{r.name}-s{s}"] = res(0.70 + 0.01 * s + bonus, 0.60)
+    for name, runs in variants(plan).items():
+        for s, run in runs.items():
+            bonus = 0.02 * s if name == "l6-wkd" else 0.0  # wkd beats no-KD by 0, 2, 4 points on seeds 0, 1, 2
+            results[run] = res(0.70 + 0.01 * s + bonus, 0.60)
     return results, res
 
 
 def test_the_tables_pair_runs_by_seed():
     from road_ds.pipelines.study import paired_table, summary_table
 
-    plan = load_plan(REPO / "recipes" / "study" / "runs.yaml")
+    plan = _study()
     results, res = _fake_results(plan)
     text = summary_table(plan, results, {"t": res(0.8, 0.7)})
     assert "| qnli acc | sentiment acc | macro |" in text
@@ -166,7 +168,7 @@ def test_the_tables_pair_runs_by_seed():
 def test_runs_with_other_columns_get_dashes_and_targets_say_what_is_met(tmp_path):
     from road_ds.pipelines.study import figure, paired, paired_table, summarize, summary_table, targets
 
-    plan = load_plan(REPO / "recipes" / "study" / "runs.yaml")
+    plan = _study()
     results, res = _fake_results(plan)
     qa = lambda f: {"squad2": {"f1": f, "exact": f, "HasAns_f1": f, "NoAns_exact": 50.0, "main": f / 100}, "macro": f / 100}  # noqa: E731
     results["l6-two-stage-s0"], results["l6-squad2-only-s0"] = qa(40.0), qa(30.0)
@@ -184,7 +186,7 @@ def test_runs_with_other_columns_get_dashes_and_targets_say_what_is_met(tmp_path
     assert kd["value"] == 1.0 and kd["target"] == 2.0 and kd["met"] is False  # +1.0 ± 1.0: inside the noise
     assert goals["study elapsed wall-clock (min) <= budget"]["met"] is True
     curve = {"teacher-s0": {"squad2/f1": [(100, 20.0), (160, 30.0)], "qnli/accuracy": [(100, 0.6), (160, 0.7)]}}
-    figure(tmp_path / "r.png", plan, summarize(plan, results), teachers, curve)
+    figure(tmp_path / "r.png", list(variants(plan)), summarize(plan, results), teachers, curve)
     assert (tmp_path / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -24,6 +24,7 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -31,6 +32,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from road_ds.atomic import write_json
 from road_ds.errors import DataError, run_job
 from road_ds.pipelines.runs import REPO, Step, deepspeed_cmd, run_steps
 from road_ds.recipe import _looks_local, load_recipe
@@ -51,6 +53,7 @@ class StageSpec(_Strict):
     seeds: list[int] = []  # train: one run per seed
     init_from: str | None = None  # train: a train stage (same seed when both fan out)
     kd: str | None = None  # train: a precompute stage; its stores become kd.teachers
+    kd_seeds: list[int] = []  # train: only the stores of these teacher seeds (default: every one)
     teachers: str | None = None  # precompute: the train stage whose exports it runs
     splits: list[str] = Field(["train"], min_length=1)  # precompute
     top_k: int = Field(8, ge=0)  # precompute: 0 keeps the whole support
@@ -58,11 +61,25 @@ class StageSpec(_Strict):
     ranks: int = Field(1, ge=1)  # train / precompute: processes (deepspeed locally, srun tasks on Slurm)
 
 
+class StudySpec(_Strict):
+    """What `report --results` writes for a study (docs/results.md, .json, .png): every train stage
+    but the teachers and their MTL step is a variant, with mean ± std over its seeds."""
+
+    teachers: str  # a train stage: its runs are the teachers, each held to teacher_floors
+    pretrain: str | None = None  # a train stage: the teachers' shared MTL step (its dev curve leads theirs)
+    ensemble: str | None = None  # a precompute stage with the dev splits: the teachers' ensemble row
+    comparisons: list[tuple[str, str]] = []  # (a, b): a − b on the seeds both have, paired
+    teacher_floors: dict[str, float] = {}  # results column (e.g. "squad2 HasAns F1") -> each teacher's floor
+    kd_gain: list[tuple[str, str]] = []  # comparisons whose macro gain must exceed twice its paired std
+    budget_min: float = 120.0  # the plan's elapsed wall-clock on this machine
+
+
 class PlanSpec(_Strict):
     out: str = "outputs/plan"  # relative to the directory the plan is run from
     ds_config: str = "ds_configs/zero2.json"
     sbatch: list[str] = []  # extra sbatch options for every job (partition, account, time)
     stages: list[StageSpec] = Field(min_length=1)
+    study: StudySpec | None = None
 
 
 @dataclass
@@ -132,17 +149,52 @@ def load_plan(path: str | Path, out: str | None = None) -> Plan:
         for a in st.after:
             if a not in plan.instances:
                 raise DataError(path, f"'{a}' is no earlier stage", field=f"{where}.after")
-        allowed = {"train": {"recipe", "seeds", "init_from", "kd", "ranks"}, "precompute": {"recipe", "teachers", "splits", "top_k", "ranks"},
+        allowed = {"train": {"recipe", "seeds", "init_from", "kd", "kd_seeds", "ranks"}, "precompute": {"recipe", "teachers", "splits", "top_k", "ranks"},
                    "evaluate": {"recipe", "model"}, "export": {"model"}}[st.run]
-        for f in ("seeds", "init_from", "kd", "teachers", "model", "recipe"):
+        for f in ("seeds", "init_from", "kd", "kd_seeds", "teachers", "model", "recipe"):
             if getattr(st, f) and f not in allowed:
                 raise DataError(path, f"a {st.run} stage has no `{f}`", field=f"{where}.{f}")
         need = {"train": ["recipe"], "precompute": ["recipe", "teachers"], "evaluate": ["recipe", "model"], "export": ["model"]}[st.run]
         for f in need:
             if not getattr(st, f):
                 raise DataError(path, f"a {st.run} stage needs `{f}`", field=f"{where}.{f}")
+        if st.kd_seeds:
+            if not st.kd:
+                raise DataError(path, "kd_seeds picks stores of the `kd` stage: name one", field=f"{where}.kd_seeds")
+            have = [i.seed for i in plan.instances[st.kd]]
+            if [s for s in st.kd_seeds if s not in have]:
+                raise DataError(path, f"stage '{st.kd}' has stores of teacher seeds {have}, not {st.kd_seeds}", field=f"{where}.kd_seeds")
         plan.instances[st.name] = _instances(plan, st)
+    if spec.study is not None:
+        _check_study(plan)
     return plan
+
+
+def _check_study(plan: Plan) -> None:
+    """The study's references: its teachers and MTL step are train stages, its ensemble a precompute stage,
+    its comparisons name variants, its KD-gain targets are comparisons."""
+    study, where = plan.spec.study, "study"
+    for ref, kind in (("teachers", "train"), ("pretrain", "train"), ("ensemble", "precompute")):
+        name = getattr(study, ref)
+        if name is not None and (name not in plan.instances or _stage(plan.spec, name).run != kind):
+            raise DataError(plan.path, f"'{name}' is no {kind} stage of this plan", field=f"{where}.{ref}")
+    names = set(variants(plan))
+    for i, pair in enumerate(study.comparisons):
+        for name in pair:
+            if name not in names:
+                raise DataError(plan.path, f"'{name}' is no variant (train stages but the teachers and their MTL step: "
+                                f"{', '.join(variants(plan))})", field=f"{where}.comparisons.{i}")
+    for i, pair in enumerate(study.kd_gain):
+        if tuple(pair) not in [tuple(c) for c in study.comparisons]:
+            raise DataError(plan.path, f"{list(pair)} is not among the comparisons", field=f"{where}.kd_gain.{i}")
+
+
+def variants(plan: Plan) -> dict[str, dict[int, str]]:
+    """A study's variants (its train stages but the teachers and their MTL step): per seed its run's name
+    (a stage without seeds has one run, seed 0)."""
+    skip = {plan.spec.study.teachers, plan.spec.study.pretrain} if plan.spec.study else set()
+    return {st.name: {(i.seed if i.seed is not None else 0): i.name for i in plan.instances[st.name]}
+            for st in plan.spec.stages if st.run == "train" and st.name not in skip}
 
 
 def _stage(spec: PlanSpec, name: str) -> StageSpec:
@@ -176,7 +228,8 @@ def train_sets(plan: Plan, st: StageSpec, seed) -> list[str]:
         paired = seed if src.seeds and st.seeds else (src.seeds[0] if src.seeds else None)
         sets.append(f"model.init_from={plan.out / _run_name(src, paired) / 'export'}")
     if st.kd:
-        sets.append(f"kd.teachers={json.dumps([str(s.out) for s in plan.instances[st.kd]])}")
+        stores = [s.out for s in plan.instances[st.kd] if not st.kd_seeds or s.seed in st.kd_seeds]
+        sets.append(f"kd.teachers={json.dumps([str(s) for s in stores])}")
     return sets
 
 
@@ -258,12 +311,57 @@ def command(plan: Plan, inst: Instance) -> list[str]:
     return [py, "road_ds/export.py", str(inst.model), str(inst.out), "--standalone"]
 
 
-def steps(plan: Plan) -> list[Step]:
-    out = []
+def build_features_first(plan: Plan, log) -> None:
+    """Every stage's features, built once before stages run side by side and would each build them."""
+    from road_ds.features import build_features, load_tokenizer
+
+    tokenizers: dict = {}
     for st in plan.spec.stages:
-        after = [i.name for n in needs(plan, st) for i in plan.instances[n]]
-        out += [Step(i.name.replace("/", "."), command(plan, i), i.done, [a.replace("/", ".") for a in after]) for i in plan.instances[st.name]]
-    return out
+        if not st.recipe:
+            continue
+        r = load_recipe(plan.recipe(st), plan.instances[st.name][0].sets)
+        if r.model.tokenizer_path not in tokenizers:
+            tokenizers[r.model.tokenizer_path] = load_tokenizer(r.model.tokenizer_path)
+        for d in r.datasets:
+            for split in dict.fromkeys(x for x in (d.train_split, d.eval_split) if x):
+                build_features(r, d.name, split, tokenizer=tokenizers[r.model.tokenizer_path], log=log)
+
+
+def run(plan: Plan, jobs: int, log) -> None:
+    """Run the unfinished jobs here; the plan's elapsed time is summed over invocations (logs/elapsed_s.json),
+    so a resumed plan reports its whole time."""
+    t0 = time.time()
+    todo = steps(plan)
+    if not any(not s.done.exists() for s in todo):
+        return
+    if jobs > 1:
+        build_features_first(plan, log)
+    elapsed_file = plan.out / "logs" / "elapsed_s.json"
+    before = json.loads(elapsed_file.read_text())["elapsed_s"] if elapsed_file.exists() else 0.0
+    try:
+        run_steps(todo, plan.out / "logs", jobs=jobs, log=log)
+    finally:
+        write_json(elapsed_file, {"elapsed_s": round(before + time.time() - t0, 1), "jobs": jobs})
+
+
+def _waits_for(plan: Plan, inst: Instance) -> list[str]:
+    """The jobs one job needs: of a referenced stage only those it reads (its seed's export, its own
+    teacher, the stores it distils from), so a store starts once its teacher is done; of `after`, all."""
+    st = inst.stage
+    read = {inst.teacher.parent if inst.teacher else None, inst.model}
+    for s in inst.sets:
+        key, _, value = s.partition("=")
+        if key == "model.init_from":
+            read.add(Path(value).parent)
+        elif key == "kd.teachers":
+            read |= {Path(v) for v in json.loads(value)}
+    refs = [r for r in (st.init_from, st.kd, st.teachers, st.model) if r]
+    return [i.name for n in needs(plan, st) for i in plan.instances[n] if n not in refs or i.out in read]
+
+
+def steps(plan: Plan) -> list[Step]:
+    return [Step(i.name.replace("/", "."), command(plan, i), i.done, [a.replace("/", ".") for a in _waits_for(plan, i)])
+            for st in plan.spec.stages for i in plan.instances[st.name]]
 
 
 # ---------------------------------------------------------------------------- Slurm
@@ -379,11 +477,18 @@ def main(argv=None) -> int:
             a.add_argument("--dry-run", action="store_true", help="list the inputs it cannot reach (hub ids, files not yet there) instead of failing")
         if name == "run":
             a.add_argument("--jobs", type=int, default=1, help="stages at a time (the CPU threads are split between them)")
+        if name == "report":
+            a.add_argument("--results", metavar="MD", help="a plan with a `study:` block: write its report here (and .json, .png beside it)")
     args = p.parse_args(argv)
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
 
     def body():
         plan = load_plan(args.plan, args.out)
+        if args.action == "report" and args.results:
+            from road_ds.pipelines.study import write_results
+
+            print(write_results(plan, Path(args.results).resolve()))
+            return
         if args.action == "report":
             print(report(plan))
             return
@@ -396,7 +501,7 @@ def main(argv=None) -> int:
         if args.action == "check":
             print(f"{plan.path}: {len(plan.spec.stages)} stages, {n} jobs: ok" + (f" ({len(unreachable)} inputs not reachable here)" if unreachable else ""))
         elif args.action == "run":
-            run_steps(steps(plan), plan.out / "logs", jobs=args.jobs, log=log)
+            run(plan, args.jobs, log)
             print(f"{plan.path}: {n} jobs finished under {plan.out}")
         else:
             for stage, job in submit(plan, log=log).items():
