@@ -93,6 +93,7 @@ class Instance:
     sets: list[str] = field(default_factory=list)  # the stage's overrides plus what the plan wires in
     teacher: Path | None = None  # precompute: the export it runs
     model: Path | None = None  # evaluate / export: the run it reads
+    reads: list[Path] = field(default_factory=list)  # the outputs of the other jobs it reads (what it waits for)
 
     @property
     def done(self) -> Path:
@@ -111,7 +112,7 @@ class Plan:
         return str((self.path.parent / stage.recipe).resolve())
 
 
-def _sets(d: dict) -> list[str]:
+def set_args(d: dict) -> list[str]:
     """`set:` as --set arguments (values as YAML flow text, which the recipe loader parses back)."""
     return [f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in d.items()]
 
@@ -204,11 +205,16 @@ def _stage(spec: PlanSpec, name: str) -> StageSpec:
 def _instances(plan: Plan, st: StageSpec) -> list[Instance]:
     out = plan.out
     if st.run == "precompute":
-        return [Instance(st, f"{st.name}/{t.name}", out / st.name / t.name, t.seed, _sets(st.set), teacher=t.out / "export")
+        return [Instance(st, f"{st.name}/{t.name}", out / st.name / t.name, t.seed, set_args(st.set), teacher=t.out / "export", reads=[t.out])
                 for t in plan.instances[st.teachers]]
     if st.run in ("evaluate", "export"):
-        return [Instance(st, f"{st.name}/{m.name}", out / st.name / m.name, m.seed, _sets(st.set), model=m.out) for m in plan.instances[st.model]]
-    return [Instance(st, _run_name(st, seed), out / _run_name(st, seed), seed, train_sets(plan, st, seed)) for seed in st.seeds or [None]]
+        return [Instance(st, f"{st.name}/{m.name}", out / st.name / m.name, m.seed, set_args(st.set), model=m.out, reads=[m.out])
+                for m in plan.instances[st.model]]
+    insts = []
+    for seed in st.seeds or [None]:
+        init, stores = _train_inputs(plan, st, seed)
+        insts.append(Instance(st, _run_name(st, seed), out / _run_name(st, seed), seed, train_sets(plan, st, seed), reads=[*([init] if init else []), *stores]))
+    return insts
 
 
 def _run_name(st: StageSpec, seed) -> str:
@@ -218,7 +224,19 @@ def _run_name(st: StageSpec, seed) -> str:
 def train_sets(plan: Plan, st: StageSpec, seed) -> list[str]:
     """A train run's overrides: the stage's, then its seed, the export it starts from and its teachers.
     `seed` may be the text "{seed}", which slurm/train_road.sh replaces per array task."""
-    sets = _sets(st.set) + ([f"train.seed={seed}"] if seed is not None else [])
+    init, stores = _train_inputs(plan, st, seed)
+    sets = set_args(st.set) + ([f"train.seed={seed}"] if seed is not None else [])
+    if init:
+        sets.append(f"model.init_from={init / 'export'}")
+    if st.kd:
+        sets.append(f"kd.teachers={json.dumps([str(s) for s in stores])}")
+    return sets
+
+
+def _train_inputs(plan: Plan, st: StageSpec, seed) -> tuple[Path | None, list[Path]]:
+    """The run a train run starts from (`init_from`: the one of its seed, or the stage's only one) and
+    the stores it distils from (`kd`, those of `kd_seeds` if given)."""
+    init = None
     if st.init_from:
         src = _stage(plan.spec, st.init_from)
         if src.seeds and not (st.seeds or len(src.seeds) == 1):
@@ -226,11 +244,9 @@ def train_sets(plan: Plan, st: StageSpec, seed) -> list[str]:
         if src.seeds and st.seeds and not isinstance(seed, str) and seed not in src.seeds:
             raise DataError(plan.path, f"'{src.name}' has no run for seed {seed} (its seeds: {src.seeds})", field=f"stages.{st.name}.init_from")
         paired = seed if src.seeds and st.seeds else (src.seeds[0] if src.seeds else None)
-        sets.append(f"model.init_from={plan.out / _run_name(src, paired) / 'export'}")
-    if st.kd:
-        stores = [s.out for s in plan.instances[st.kd] if not st.kd_seeds or s.seed in st.kd_seeds]
-        sets.append(f"kd.teachers={json.dumps([str(s) for s in stores])}")
-    return sets
+        init = plan.out / _run_name(src, paired)
+    stores = [s.out for s in plan.instances[st.kd] if not st.kd_seeds or s.seed in st.kd_seeds] if st.kd else []
+    return init, stores
 
 
 def needs(plan: Plan, st: StageSpec) -> list[str]:
@@ -242,6 +258,19 @@ def needs(plan: Plan, st: StageSpec) -> list[str]:
 # ---------------------------------------------------------------------------- check
 
 
+def stage_recipe(plan: Plan, st: StageSpec):
+    """A stage's recipe with its first job's overrides (its jobs differ only in seed, export and stores)."""
+    try:
+        return load_recipe(plan.recipe(st), plan.instances[st.name][0].sets)
+    except DataError as e:
+        raise DataError(plan.path, f"its recipe does not load: {e}", field=f"stages.{st.name}.recipe") from None
+
+
+def ensemble_dev_missing(plan: Plan, st: StageSpec) -> list[str]:
+    """The datasets of a precompute stage whose dev split it does not store (no ensemble row without them)."""
+    return [d.name for d in stage_recipe(plan, st).datasets if d.eval_split not in st.splits]
+
+
 def check(plan: Plan) -> list[str]:
     """Validate every stage before any compute; returns the inputs it could not reach (and why)."""
     from road_ds.features import fingerprint_key
@@ -251,11 +280,7 @@ def check(plan: Plan) -> list[str]:
     for st in plan.spec.stages:
         if not st.recipe:
             continue
-        inst = plan.instances[st.name][0]
-        try:
-            recipes[st.name] = r = load_recipe(plan.recipe(st), inst.sets)
-        except DataError as e:
-            raise DataError(plan.path, f"its recipe does not load: {e}", field=f"stages.{st.name}.recipe") from None
+        recipes[st.name] = r = stage_recipe(plan, st)
         missing = []
         for i in dict.fromkeys((r.model.name_or_path, r.model.tokenizer_path)):
             if i and not _looks_local(i):
@@ -319,7 +344,7 @@ def build_features_first(plan: Plan, log) -> None:
     for st in plan.spec.stages:
         if not st.recipe:
             continue
-        r = load_recipe(plan.recipe(st), plan.instances[st.name][0].sets)
+        r = stage_recipe(plan, st)
         if r.model.tokenizer_path not in tokenizers:
             tokenizers[r.model.tokenizer_path] = load_tokenizer(r.model.tokenizer_path)
         for d in r.datasets:
@@ -348,15 +373,8 @@ def _waits_for(plan: Plan, inst: Instance) -> list[str]:
     """The jobs one job needs: of a referenced stage only those it reads (its seed's export, its own
     teacher, the stores it distils from), so a store starts once its teacher is done; of `after`, all."""
     st = inst.stage
-    read = {inst.teacher.parent if inst.teacher else None, inst.model}
-    for s in inst.sets:
-        key, _, value = s.partition("=")
-        if key == "model.init_from":
-            read.add(Path(value).parent)
-        elif key == "kd.teachers":
-            read |= {Path(v) for v in json.loads(value)}
     refs = [r for r in (st.init_from, st.kd, st.teachers, st.model) if r]
-    return [i.name for n in needs(plan, st) for i in plan.instances[n] if n not in refs or i.out in read]
+    return [i.name for n in needs(plan, st) for i in plan.instances[n] if n not in refs or i.out in inst.reads]
 
 
 def steps(plan: Plan) -> list[Step]:
@@ -385,7 +403,7 @@ def submit(plan: Plan, sbatch: str = "sbatch", log=print) -> dict[str, str]:
         array = st.run in ("train", "precompute")
         args = [sbatch, "--parsable", f"--job-name={prefix}{st.name}", f"--output={plan.out}/logs/{st.name}-{'%A_%a' if array else '%j'}.out", *plan.spec.sbatch]
         args += [f"--dependency=afterok:{':'.join(dep)}"] if dep else []
-        env = {**os.environ, "PYTHON": sys.executable, "SETS": "\n".join(_sets(st.set))}
+        env = {**os.environ, "PYTHON": sys.executable, "SETS": "\n".join(set_args(st.set))}
         if st.run == "train":
             args += [f"--ntasks-per-node={st.ranks}", f"--array={','.join(map(str, todo))}"]
             seed = "{seed}" if st.seeds else None
@@ -433,17 +451,15 @@ def report(plan: Plan) -> str:
     teachers' ensemble of each precompute stage that stored the dev sets (the mean of its teachers'
     log-probabilities) and the all-null QA baseline; the jobs not finished yet are listed under it."""
     from road_ds.pipelines.runs import all_null, ensemble_scores, table
-    from road_ds.recipe import load_recipe
 
     rows, missing = {}, []
     for st in plan.spec.stages:
         insts = plan.instances[st.name]
         if st.run == "precompute" and len(insts) > 1:
-            recipe = load_recipe(plan.recipe(st), _sets(st.set))
-            if not all(d.eval_split in st.splits for d in recipe.datasets):
+            if ensemble_dev_missing(plan, st):
                 continue
             if all(i.done.exists() for i in insts):
-                rows[f"{st.name}: teachers' ensemble"] = ensemble_scores(plan.recipe(st), [i.out for i in insts], _sets(st.set))
+                rows[f"{st.name}: teachers' ensemble"] = ensemble_scores(plan.recipe(st), [i.out for i in insts], set_args(st.set))
             else:
                 missing.append(f"{st.name} (ensemble)")
         if st.run not in ("train", "evaluate"):

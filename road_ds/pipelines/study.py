@@ -20,7 +20,7 @@ import numpy as np
 
 from road_ds.atomic import write_json
 from road_ds.errors import DataError
-from road_ds.pipelines.plan import Plan, _sets, steps, variants
+from road_ds.pipelines.plan import Plan, ensemble_dev_missing, set_args, stage_recipe, steps, variants
 from road_ds.pipelines.runs import REPO, Step, ensemble_scores, row_values
 
 READING = re.compile(r"<!-- reading -->.*?<!-- /reading -->", re.S)
@@ -211,13 +211,11 @@ def study_results(plan: Plan) -> tuple[dict[str, dict], dict[str, dict]]:
     results = {run: load[run] for runs in variants(plan).values() for run in runs.values()}
     teachers = {i.name: load[i.name] for i in ([*plan.instances[study.pretrain]] if study.pretrain else []) + plan.instances[study.teachers]}
     if study.ensemble:
-        from road_ds.recipe import load_recipe
-
         st = next(s for s in plan.spec.stages if s.name == study.ensemble)
-        undone = [d.name for d in load_recipe(plan.recipe(st), _sets(st.set)).datasets if d.eval_split not in st.splits]
+        undone = ensemble_dev_missing(plan, st)
         if undone:
             raise DataError(plan.path, f"stage '{st.name}' stores no dev split of {', '.join(undone)} (its splits: {st.splits})", field="study.ensemble")
-        teachers["teachers' ensemble"] = ensemble_scores(plan.recipe(st), [i.out for i in plan.instances[st.name]], _sets(st.set))
+        teachers["teachers' ensemble"] = ensemble_scores(plan.recipe(st), [i.out for i in plan.instances[st.name]], set_args(st.set))
     return results, teachers
 
 
@@ -243,8 +241,6 @@ def _example_commands(todo: list[Step], rel) -> str:
 def write_results(plan: Plan, path: Path) -> str:
     """docs/results.md (tables; the reading between its markers is kept across reruns), results.json
     (the same numbers and the targets) and results.png beside it."""
-    from road_ds.recipe import load_recipe
-
     if plan.spec.study is None:
         raise DataError(plan.path, "the plan has no `study:` block: nothing to write (plain `report` prints its table)", field="study")
     machine = _machine()
@@ -265,7 +261,7 @@ def write_results(plan: Plan, path: Path) -> str:
     total = sum(wall.get(s.name, 0.0) for s in todo)
     met = "\n".join(f"| {g['name']} | {g['value']} | {g['target']} | {'yes' if g['met'] else '**no**'} |" for g in goals)
     study = next(s for s in plan.spec.stages if s.name == plan.spec.study.teachers)
-    dev = load_recipe(plan.recipe(study)).datasets
+    dev = stage_recipe(plan, study).datasets
     text = f"""# Quality study: ROaD's MTL step and weighted KD on the real data kit
 
 Written by `make study` (`{cmd}`); rerun it to reproduce every number below (finished jobs are skipped,
