@@ -89,11 +89,12 @@ def test_the_study_plan_makes_valid_recipes_and_the_core_comparison():
         assert {f"{core}-s{s}" for s in (0, 1, 2)} <= set(by_name)
     assert by_name["teacher-s1"].after == ["mtl"]
     assert by_name["store-qa.teacher-s1"].after == ["teacher-s1"]  # a store starts once its own teacher is done
-    assert by_name["l6-wkd-s2"].after == ["store-qa.teacher-s0", "store-qa.teacher-s1", "store-qa.teacher-s2"]
-    assert by_name["l6-kd1-s0"].after == ["store-qa.teacher-s0"]  # KD from one teacher waits for that one
+    assert by_name["l6-wkd-s2"].after == ["mtl", "store-qa.teacher-s0", "store-qa.teacher-s1", "store-qa.teacher-s2"]
+    assert by_name["l6-kd1-s0"].after == ["mtl", "store-qa.teacher-s0"]  # KD from one teacher waits for that one
     assert by_name["l3-wkd-s0"].after == ["store.teacher-s0", "store.teacher-s1", "store.teacher-s2"]
-    assert by_name["l6-transfer-wkd-s0"].after == ["store-transfer.teacher-s0", "store-transfer.teacher-s1", "store-transfer.teacher-s2"]
-    assert by_name["l6-nokd-s0"].after == [] and by_name["l6-two-stage-s0"].after == ["mtl"]
+    assert by_name["l6-transfer-wkd-s0"].after == ["mtl", "store-transfer.teacher-s0", "store-transfer.teacher-s1", "store-transfer.teacher-s2"]
+    assert by_name["l6-nokd-s0"].after == ["mtl"]  # the students start from the MTL step's export
+    assert by_name["l6-squad2-only-s0"].after == [] and by_name["l3-nokd-s0"].after == []  # these fill the MTL step's spare core
     rec = {i.name: load_recipe(plan.recipe(st), i.sets) for st in plan.spec.stages if st.run == "train" for i in plan.instances[st.name]}
     for name, r in rec.items():
         assert r.train.seed == (int(name.rsplit("-s", 1)[1]) if name != "mtl" else 0)
@@ -104,6 +105,8 @@ def test_the_study_plan_makes_valid_recipes_and_the_core_comparison():
             assert "minilm-l6" in r.model.name_or_path and [d.name for d in r.datasets] == ["squad2"]
         if name.startswith("l6-nokd"):
             assert r.kd is None or not r.kd.teachers
+        if name.startswith("l6-") and not name.startswith("l6-squad2-only"):  # ROaD's student: MTL step, then squad2
+            assert r.model.init_from == str(out / "mtl" / "export"), name
         if name.startswith("l3-"):  # the compression arm: MiniLM-L3 on the MTL mix
             assert "minilm-l3" in r.model.name_or_path and len(r.datasets) == 3
     assert rec["l6-kd1-s0"].kd.teachers == [str(out / "store-qa" / "teacher-s0")]
@@ -112,8 +115,8 @@ def test_the_study_plan_makes_valid_recipes_and_the_core_comparison():
     # the transfer set adds rows without gold
     xfer = rec["l6-transfer-wkd-s0"]
     assert all(d.labeled == rec["l6-wkd-s0"].dataset(d.name).limit["train"] < d.limit["train"] for d in xfer.datasets)
-    # the two stages: the same encoder, the same total updates
-    two, one = rec["l6-two-stage-s0"], rec["l6-squad2-only-s0"]
+    # the two stages against one: the same encoder, the same total updates
+    two, one = rec["l6-nokd-s0"], rec["l6-squad2-only-s0"]
     assert two.model.init_from == str(out / "mtl" / "export") and one.model.init_from is None
     assert two.train.max_steps + rec["mtl"].train.max_steps == one.train.max_steps
     assert two.model.name_or_path == one.model.name_or_path == rec["mtl"].model.name_or_path
@@ -125,8 +128,8 @@ def _stage(raw, name):
 
 @pytest.mark.parametrize("change, field", [
     (lambda p: p["study"].update(bogus=1), "study.bogus"),
-    (lambda p: p["study"]["comparisons"].append(["l6-wkd", "nope"]), "study.comparisons.10"),
-    (lambda p: p["study"]["comparisons"].append(["l6-wkd", "teacher"]), "study.comparisons.10"),  # the teachers are no variant
+    (lambda p: p["study"]["comparisons"].append(["l6-wkd", "nope"]), "study.comparisons.9"),
+    (lambda p: p["study"]["comparisons"].append(["l6-wkd", "teacher"]), "study.comparisons.9"),  # the teachers are no variant
     (lambda p: p["study"].update(teachers="store"), "study.teachers"),
     (lambda p: p["study"].update(ensemble="mtl"), "study.ensemble"),
     (lambda p: p["study"]["kd_gain"].append(["l6-nokd", "l6-wkd"]), "study.kd_gain.1"),
@@ -171,13 +174,14 @@ def test_runs_with_other_columns_get_dashes_and_targets_say_what_is_met(tmp_path
     plan = _study()
     results, res = _fake_results(plan)
     qa = lambda f: {"squad2": {"f1": f, "exact": f, "HasAns_f1": f, "NoAns_exact": 50.0, "main": f / 100}, "macro": f / 100}  # noqa: E731
-    results["l6-two-stage-s0"], results["l6-squad2-only-s0"] = qa(40.0), qa(30.0)
+    results["l6-nokd-s0"] |= {"squad2": qa(40.0)["squad2"]}  # its macro stays the classifiers'
+    results["l6-squad2-only-s0"] = qa(30.0)
     teachers = {f"teacher-s{s}": res(0.85, 0.79 + 0.02 * s) | {"squad2": {"f1": 60.0, "exact": 55.0, "HasAns_f1": 45.0, "NoAns_exact": 70.0}} for s in (0, 1, 2)}
     text = summary_table(plan, results, teachers)
     assert text.splitlines()[0].startswith("| model | seeds | qnli acc | sentiment acc | squad2 F1 |")
-    line = next(x for x in text.splitlines() if x.startswith("| l6-two-stage |"))
-    assert line == "| l6-two-stage | 1 | – | – | 40.0 | 40.0 | 40.0 | 50.0 | 40.0 |"  # no qnli, no sentiment
-    row = next(x for x in paired_table(plan, results).splitlines() if x.startswith("| l6-two-stage − l6-squad2-only |"))
+    line = next(x for x in text.splitlines() if x.startswith("| l6-squad2-only |"))
+    assert line == "| l6-squad2-only | 1 | – | – | 30.0 | 30.0 | 30.0 | 50.0 | 30.0 |"  # no qnli, no sentiment
+    row = next(x for x in paired_table(plan, results).splitlines() if x.startswith("| l6-nokd − l6-squad2-only |"))
     assert "| 10.0 |" in row and "1/1" in row
     goals = {g["name"]: g for g in targets(plan, teachers, paired(plan, results), 95.0)}
     assert goals["teacher-s0 squad2 HasAns F1 >= floor"] == {"name": "teacher-s0 squad2 HasAns F1 >= floor", "value": 45.0, "target": 50, "met": False}
@@ -197,3 +201,11 @@ def test_a_running_step_reports_its_stage_and_last_log_line(tmp_path):
     progress = [m for m in said if "stage 1/2 slow:" in m and "| working 1/3" in m]
     assert progress, said
     assert any("done stage 2/2 next" in m for m in said)
+
+
+def test_the_example_commands_name_repo_paths_relative_even_inside_an_argument():
+    from road_ds.pipelines.study import _example_commands
+
+    text = _example_commands(steps(_study(str(REPO / "outputs" / "study"))))
+    assert str(REPO) not in text
+    assert '"outputs/study/store-qa/teacher-s0"' in text and "--recipe recipes/study/mtl.yaml" in text

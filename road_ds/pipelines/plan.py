@@ -145,8 +145,8 @@ def load_plan(path: str | Path, out: str | None = None) -> Plan:
                 continue
             if target not in plan.instances:
                 raise DataError(path, f"'{target}' is no earlier stage (earlier: {', '.join(plan.instances) or 'none'})", field=f"{where}.{ref}")
-            if _stage(spec, target).run not in kinds:
-                raise DataError(path, f"'{target}' is a {_stage(spec, target).run} stage; {ref} needs a {' or '.join(kinds)} stage", field=f"{where}.{ref}")
+            if stage_spec(spec, target).run not in kinds:
+                raise DataError(path, f"'{target}' is a {stage_spec(spec, target).run} stage; {ref} needs a {' or '.join(kinds)} stage", field=f"{where}.{ref}")
         for a in st.after:
             if a not in plan.instances:
                 raise DataError(path, f"'{a}' is no earlier stage", field=f"{where}.after")
@@ -177,7 +177,7 @@ def _check_study(plan: Plan) -> None:
     study, where = plan.spec.study, "study"
     for ref, kind in (("teachers", "train"), ("pretrain", "train"), ("ensemble", "precompute")):
         name = getattr(study, ref)
-        if name is not None and (name not in plan.instances or _stage(plan.spec, name).run != kind):
+        if name is not None and (name not in plan.instances or stage_spec(plan.spec, name).run != kind):
             raise DataError(plan.path, f"'{name}' is no {kind} stage of this plan", field=f"{where}.{ref}")
     names = set(variants(plan))
     for i, pair in enumerate(study.comparisons):
@@ -198,7 +198,8 @@ def variants(plan: Plan) -> dict[str, dict[int, str]]:
             for st in plan.spec.stages if st.run == "train" and st.name not in skip}
 
 
-def _stage(spec: PlanSpec, name: str) -> StageSpec:
+def stage_spec(spec: PlanSpec, name: str) -> StageSpec:
+    """The stage of that name (the plan's load has checked that every reference names one)."""
     return next(s for s in spec.stages if s.name == name)
 
 
@@ -213,7 +214,8 @@ def _instances(plan: Plan, st: StageSpec) -> list[Instance]:
     insts = []
     for seed in st.seeds or [None]:
         init, stores = _train_inputs(plan, st, seed)
-        insts.append(Instance(st, _run_name(st, seed), out / _run_name(st, seed), seed, train_sets(plan, st, seed), reads=[*([init] if init else []), *stores]))
+        insts.append(Instance(st, _run_name(st, seed), out / _run_name(st, seed), seed, _train_sets(st, seed, init, stores),
+                              reads=[*([init] if init else []), *stores]))
     return insts
 
 
@@ -224,7 +226,10 @@ def _run_name(st: StageSpec, seed) -> str:
 def train_sets(plan: Plan, st: StageSpec, seed) -> list[str]:
     """A train run's overrides: the stage's, then its seed, the export it starts from and its teachers.
     `seed` may be the text "{seed}", which slurm/train_road.sh replaces per array task."""
-    init, stores = _train_inputs(plan, st, seed)
+    return _train_sets(st, seed, *_train_inputs(plan, st, seed))
+
+
+def _train_sets(st: StageSpec, seed, init: Path | None, stores: list[Path]) -> list[str]:
     sets = set_args(st.set) + ([f"train.seed={seed}"] if seed is not None else [])
     if init:
         sets.append(f"model.init_from={init / 'export'}")
@@ -238,7 +243,7 @@ def _train_inputs(plan: Plan, st: StageSpec, seed) -> tuple[Path | None, list[Pa
     the stores it distils from (`kd`, those of `kd_seeds` if given)."""
     init = None
     if st.init_from:
-        src = _stage(plan.spec, st.init_from)
+        src = stage_spec(plan.spec, st.init_from)
         if src.seeds and not (st.seeds or len(src.seeds) == 1):
             raise DataError(plan.path, f"'{src.name}' has runs for seeds {src.seeds}: give this stage seeds to pair them", field=f"stages.{st.name}.init_from")
         if src.seeds and st.seeds and not isinstance(seed, str) and seed not in src.seeds:
@@ -297,7 +302,7 @@ def check(plan: Plan) -> list[str]:
     for st in plan.spec.stages:  # a KD stage reads its stores on the very features they were made on
         if st.run != "train" or not st.kd:
             continue
-        student, store_stage = recipes[st.name], _stage(plan.spec, st.kd)
+        student, store_stage = recipes[st.name], stage_spec(plan.spec, st.kd)
         made = recipes[st.kd]
         for d in student.datasets:
             if not student.kd_for(d.name) or d.train_split is None:

@@ -20,7 +20,7 @@ import numpy as np
 
 from road_ds.atomic import write_json
 from road_ds.errors import DataError
-from road_ds.pipelines.plan import Plan, ensemble_dev_missing, set_args, stage_recipe, steps, variants
+from road_ds.pipelines.plan import Plan, ensemble_dev_missing, set_args, stage_recipe, stage_spec, steps, variants
 from road_ds.pipelines.runs import REPO, Step, ensemble_scores, row_values
 
 READING = re.compile(r"<!-- reading -->.*?<!-- /reading -->", re.S)
@@ -211,7 +211,7 @@ def study_results(plan: Plan) -> tuple[dict[str, dict], dict[str, dict]]:
     results = {run: load[run] for runs in variants(plan).values() for run in runs.values()}
     teachers = {i.name: load[i.name] for i in ([*plan.instances[study.pretrain]] if study.pretrain else []) + plan.instances[study.teachers]}
     if study.ensemble:
-        st = next(s for s in plan.spec.stages if s.name == study.ensemble)
+        st = stage_spec(plan.spec, study.ensemble)
         undone = ensemble_dev_missing(plan, st)
         if undone:
             raise DataError(plan.path, f"stage '{st.name}' stores no dev split of {', '.join(undone)} (its splits: {st.splits})", field="study.ensemble")
@@ -226,9 +226,10 @@ def _kept_reading(path: Path) -> str:
     return kept.group(0) if kept else "<!-- reading -->\n(to be written after reading the tables)\n<!-- /reading -->"
 
 
-def _example_commands(todo: list[Step], rel) -> str:
-    """The commands of a few jobs (the MTL step, a teacher, a store, a KD student), repo paths relative."""
-    show = lambda s: " ".join(rel(c) if c.startswith(str(REPO)) else c for c in s.cmd)  # noqa: E731
+def _example_commands(todo: list[Step]) -> str:
+    """The commands of a few jobs (the MTL step, a teacher, a store, a KD student), repo paths relative,
+    also inside an argument (a KD run's store list)."""
+    show = lambda s: " ".join(c.replace(f"{REPO}{os.sep}", "") for c in s.cmd)  # noqa: E731
     picked, kinds = [], set()
     for s in todo:
         kind = "precompute" if "precompute.py" in " ".join(s.cmd) else "kd" if "kd.teachers=" in " ".join(s.cmd) else "train"
@@ -260,7 +261,7 @@ def write_results(plan: Plan, path: Path) -> str:
     todo = steps(plan)
     total = sum(wall.get(s.name, 0.0) for s in todo)
     met = "\n".join(f"| {g['name']} | {g['value']} | {g['target']} | {'yes' if g['met'] else '**no**'} |" for g in goals)
-    study = next(s for s in plan.spec.stages if s.name == plan.spec.study.teachers)
+    study = stage_spec(plan.spec, plan.spec.study.teachers)
     dev = stage_recipe(plan, study).datasets
     text = f"""# Quality study: ROaD's MTL step and weighted KD on the real data kit
 
@@ -298,7 +299,7 @@ Machine: {machine}; {jobs} job{'s' if jobs > 1 else ''} at a time. Elapsed: {ela
 Each job is a plain command (logs in `{rel(plan.out)}/logs/`); for example:
 
 ```
-{_example_commands(todo, rel)}
+{_example_commands(todo)}
 ```
 
 ## Wall-clock per job
