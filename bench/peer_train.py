@@ -1,9 +1,10 @@
 """road_ds against the Hugging Face Trainer on the same QA fine-tune, each run as its users run it.
 
     python bench/peer_train.py --out RESULT.json [--steps N] [--learn-steps N] [--ranks 1 2] [--work DIR]
+    python bench/peer_train.py --out RESULT.json --student electra-base --teacher electra-large --parts train distill --ranks 1  # GPU
 
-Single-task extractive QA on the kit's SQuAD v1.1 slice, MiniLM-L6, max length 192, stride 64,
-fp32; the same micro-batch, gradient accumulation, AdamW (lr, weight decay, betas, eps), warm-up +
+Single-task extractive QA on the kit's SQuAD v1.1 slice, MiniLM-L6 (or the sizes named), max length 192,
+stride 64, fp32 (bf16 on a CUDA GPU); the same micro-batch, gradient accumulation, AdamW (lr, weight decay, betas, eps), warm-up +
 linear decay, gradient clipping and seed on both sides. Every variant runs in its own process (so
 its peak memory is its own); this process prepares the work dir and collects their JSON.
 
@@ -37,7 +38,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from kd_bench import kd_sets, status_mb, timed_step, trainer_run  # noqa: E402
+from kd_bench import PRESETS, kd_sets, model_spec, status_mb, timed_step, trainer_run  # noqa: E402
 
 from road_ds.pipelines.runs import deepspeed_cmd  # noqa: E402
 from road_ds.recipe import cache_root  # noqa: E402
@@ -52,13 +53,32 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def student_recipe(work: Path, kit: Path, args) -> dict:
+def peak_gpu() -> dict:
+    """The CUDA memory peak (the figure that matters on a GPU); nothing on CPU."""
+    return {"peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20} if torch.cuda.is_available() else {}
+
+
+def hf_qa_model(spec, path: str | None = None):
+    """transformers' QA model as its users make it: from a model dir, or (a size preset) from its config."""
+    from transformers import AutoConfig, AutoModelForQuestionAnswering
+
+    if path is None and spec.config:
+        cfg = dict(spec.config)
+        return AutoModelForQuestionAnswering.from_config(AutoConfig.for_model(cfg.pop("model_type", "bert"), **cfg))
+    return AutoModelForQuestionAnswering.from_pretrained(path or spec.name_or_path)
+
+
+LEARN = "learn.yaml"  # the learning rows' recipe: more train questions, and the dev slice they are scored on
+
+
+def student_recipe(work: Path, kit: Path, args, train_rows: int, dev_rows: int | None = None) -> dict:
+    """The bench's QA student; the speed, distillation and logits rows read `train_rows` questions, learning its own."""
     return {
-        "model": {"name_or_path": str(kit / "models" / "minilm-l6"), "tokenizer": str(kit / "models" / "minilm-l6")},
+        "model": model_spec(args.student, kit),
         "features": {"max_seq_length": 192, "doc_stride": 64, "max_query_length": 48, "cache_dir": str(work / "features")},
         "datasets": [{"name": DATASET, "task": "extractive_qa", "format": "squad_json",
                       "files": {"train": str(kit / "squad" / "train.json"), "dev": str(kit / "squad" / "dev.json")},
-                      "answer_start": "nearest", "limit": {"train": args.train_rows, **({"dev": args.dev_rows} if args.dev_rows else {})}}],
+                      "answer_start": "nearest", "limit": {"train": train_rows, **({"dev": dev_rows} if dev_rows else {})}}],
         "train": {"micro_batch_size": args.micro_batch, "lr": args.lr, "weight_decay": 0.01, "betas": [0.9, 0.999], "eps": 1e-6,
                   "warmup_steps": args.learn_steps // 10, "grad_clip": 1.0, "seed": 0, "num_workers": 1, "log_every": 10,
                   "save_every": 100000, "keep_checkpoints": 0, "eval_every": 0, "eval_batch_size": 64},
@@ -66,12 +86,12 @@ def student_recipe(work: Path, kit: Path, args) -> dict:
     }
 
 
-def load(work: Path, split: str = "train"):
+def load(work: Path, split: str = "train", recipe: str = "student.yaml"):
     """The recipe, tokenizer and one split's features (from the cache `prepare` filled)."""
     from road_ds.features import build_features, load_tokenizer
     from road_ds.recipe import load_recipe
 
-    recipe = load_recipe(work / "student.yaml")
+    recipe = load_recipe(work / recipe)
     tok = load_tokenizer(recipe.model.tokenizer_path)
     return recipe, tok, build_features(recipe, DATASET, split, tokenizer=tok)
 
@@ -114,7 +134,7 @@ def road_train(args) -> None:
         step_s = statistics.median(times)
         rows = args.micro_batch * args.accum * run.world
         Path(args.result).write_text(json.dumps({"step_s": step_s, "samples_per_s": rows / step_s, "peak_rss_mb": peak_rss_mb(),
-                                                 "rss_growth_mb": peak_rss_mb() - rss0, "steps": times}))
+                                                 "rss_growth_mb": peak_rss_mb() - rss0, "steps": times, **peak_gpu()}))
     dist.barrier()
     run.close()
 
@@ -146,17 +166,18 @@ def training_args(args, out: Path, max_steps: int, warmup: int, deepspeed: dict 
         output_dir=str(out), per_device_train_batch_size=args.micro_batch, gradient_accumulation_steps=args.accum,
         learning_rate=args.lr, weight_decay=0.01, adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-6, max_grad_norm=1.0,
         lr_scheduler_type="linear", warmup_steps=warmup, max_steps=max_steps, seed=0, logging_steps=10, save_strategy="no",
-        report_to=[], dataloader_num_workers=1, use_cpu=not torch.cuda.is_available(), per_device_eval_batch_size=64,
+        report_to=[], dataloader_num_workers=1, use_cpu=not torch.cuda.is_available(), bf16=torch.cuda.is_available(), per_device_eval_batch_size=64,
         disable_tqdm=True, ddp_backend="gloo" if not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", 1)) > 1 else None, **kw)
 
 
 def hf_ds_config() -> dict:
     """ZeRO-2 as an HF user writes it for the Trainer: the batch and optimizer fields left to "auto"."""
     return {"train_batch_size": "auto", "train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
-            "gradient_clipping": "auto", "optimizer": {"type": "AdamW", "params": {"lr": "auto", "betas": "auto", "eps": "auto",
-                                                                                   "weight_decay": "auto", "torch_adam": True}},
+            "gradient_clipping": "auto", "optimizer": {"type": "AdamW", "params": {"lr": "auto", "betas": "auto", "eps": "auto", "weight_decay": "auto",
+                                                                                   **({} if torch.cuda.is_available() else {"torch_adam": True})}},
             "scheduler": {"type": "WarmupDecayLR", "params": {"warmup_min_lr": 0, "warmup_max_lr": "auto", "warmup_num_steps": "auto",
                                                              "total_num_steps": "auto"}},
+            "bf16": {"enabled": "auto"},
             "zero_optimization": {"stage": 2, "overlap_comm": False, "contiguous_gradients": True, "reduce_scatter": True}}
 
 
@@ -186,7 +207,7 @@ def step_timer(rows: int, warmup: int):
         def result(self) -> dict:
             step_s = statistics.median(self.times)
             return {"step_s": step_s, "step_s_begin_to_end": statistics.median(self.inner), "samples_per_s": rows / step_s,
-                    "peak_rss_mb": peak_rss_mb(), "rss_growth_mb": peak_rss_mb() - self.rss0, "steps": self.times}
+                    "peak_rss_mb": peak_rss_mb(), "rss_growth_mb": peak_rss_mb() - self.rss0, "steps": self.times, **peak_gpu()}
 
     return StepTimer()
 
@@ -200,7 +221,9 @@ def kd_trainer_class():
     class DistillTrainer(Trainer):
         def __init__(self, *a, teachers=(), temperature=KD_TEMPERATURE, alpha=KD_ALPHA, **kw):
             super().__init__(*a, **kw)
-            self.teachers, self.temperature, self.alpha = list(teachers), temperature, alpha
+            dtype = torch.bfloat16 if self.args.bf16 else torch.float32
+            self.teachers = [t.to(device=self.args.device, dtype=dtype) for t in teachers]
+            self.temperature, self.alpha = temperature, alpha
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             out = model(**inputs)
@@ -239,17 +262,17 @@ def support_ce_trainer_class(sep_id: int):
     return SupportCETrainer
 
 
-def hf_trainer(args, max_steps: int, warmup: int, deepspeed: dict | None, callbacks=(), teachers: int = 0, support_ce: bool = False):
-    from transformers import AutoModelForQuestionAnswering, DataCollatorWithPadding, Trainer, set_seed
+def hf_trainer(args, max_steps: int, warmup: int, deepspeed: dict | None, callbacks=(), teachers: int = 0, support_ce: bool = False,
+               recipe_name: str = "student.yaml"):
+    from transformers import DataCollatorWithPadding, Trainer, set_seed
 
     work = Path(args.work)
-    recipe, tok, ft = load(work)
+    recipe, tok, ft = load(work, recipe=recipe_name)
     set_seed(0)
-    model = AutoModelForQuestionAnswering.from_pretrained(recipe.model.name_or_path)
+    model = hf_qa_model(recipe.model)
     kw, cls = {}, Trainer
     if teachers:
-        t = AutoModelForQuestionAnswering.from_pretrained(str(teacher_hf_dir(work))).eval()
-        kw, cls = {"teachers": [t] + [AutoModelForQuestionAnswering.from_pretrained(str(teacher_hf_dir(work))).eval() for _ in range(teachers - 1)]}, kd_trainer_class()
+        kw, cls = {"teachers": [hf_qa_model(recipe.model, str(teacher_hf_dir(work))).eval() for _ in range(teachers)]}, kd_trainer_class()
     elif support_ce:
         cls = support_ce_trainer_class(tok.sep_token_id)
     targs = training_args(args, work / "hf-runs" / Path(args.result).stem, max_steps, warmup, deepspeed)
@@ -272,12 +295,12 @@ def hf_learn(args) -> None:
     """Trainer.train() for --learn-steps, then road_ds's own scoring of the HF model's logits on the dev features."""
     from road_ds.evaluate import evaluate_split
 
-    trainer, recipe, tok = hf_trainer(args, args.learn_steps, args.learn_steps // 10, None, support_ce=args.hf_support_ce)
+    trainer, recipe, tok = hf_trainer(args, args.learn_steps, args.learn_steps // 10, None, support_ce=args.hf_support_ce, recipe_name=LEARN)
     t0 = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - t0
     model = trainer.model.eval()
-    _, _, dev = load(Path(args.work), "dev")
+    _, _, dev = load(Path(args.work), "dev", LEARN)
 
     def forward(head, **kw):
         o = model(**kw)
@@ -298,6 +321,8 @@ def hf_predict(args) -> None:
     ds = hf_dataset(ft, labels=False)
     t0 = time.perf_counter()
     model = AutoModelForQuestionAnswering.from_pretrained(str(teacher_hf_dir(work)))
+    if torch.cuda.is_available():
+        model = model.to(torch.bfloat16)  # as road_ds's precompute runs a teacher on a GPU
     trainer = Trainer(model=model, args=training_args(args, work / "hf-predict", 1, 0, None), data_collator=DataCollatorWithPadding(tok))
     start, end = trainer.predict(ds).predictions
     out = work / "hf-logits"
@@ -322,12 +347,15 @@ def prepare(work: Path, kit: Path, args) -> None:
     from road_ds.model import build_model
     from road_ds.recipe import parse_recipe
 
-    recipe_dict = student_recipe(work, kit, args)
+    recipe_dict = student_recipe(work, kit, args, args.train_rows)
     (work / "student.yaml").write_text(yaml.safe_dump(recipe_dict))
+    (work / LEARN).write_text(yaml.safe_dump(student_recipe(work, kit, args, args.learn_rows, args.dev_rows)))
     _, tok, _ = load(work)
-    load(work, "dev")
-    torch.manual_seed(1)  # the student's encoder, a fresh QA head: a teacher for speed and memory, not for what it knows
-    build_model(parse_recipe(recipe_dict, work / "student.yaml")).export(work / "teacher", tok)
+    load(work, recipe=LEARN)
+    load(work, "dev", LEARN)
+    torch.manual_seed(1)  # the teacher's encoder, a fresh QA head: a teacher for speed and memory, not for what it knows
+    teacher = {**recipe_dict, "model": model_spec(args.teacher or args.student, kit)}
+    build_model(parse_recipe(teacher, work / "student.yaml")).export(work / "teacher", tok)
 
 
 class Bench:
@@ -340,7 +368,8 @@ class Bench:
         result = self.work / f"result-{variant}-{ranks}{tag}.json"
         cmd = [str(REPO / "bench" / "peer_train.py"), "--variant", variant, "--work", str(self.work), "--result", str(result),
                "--steps", str(a.steps), "--warmup", str(a.warmup), "--learn-steps", str(a.learn_steps), "--micro-batch", str(a.micro_batch),
-               "--accum", str(a.accum), "--lr", str(a.lr), "--train-rows", str(a.train_rows), "--dev-rows", str(a.dev_rows), *extra]
+               "--accum", str(a.accum), "--lr", str(a.lr), "--student", a.student, "--teacher", a.teacher or a.student,
+               "--train-rows", str(a.train_rows), "--learn-rows", str(a.learn_rows), "--dev-rows", str(a.dev_rows), *extra]
         env = {**os.environ, "PYTHONWARNINGS": "ignore", "TOKENIZERS_PARALLELISM": "false",
                "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // ranks))}  # the cores, shared between the ranks
         if launcher == "deepspeed":
@@ -379,6 +408,15 @@ def strip(r: dict) -> dict:
     return {k: v for k, v in r.items() if k != "steps"}
 
 
+def paired_row(trainer: str, backend: str, ranks: int, rounds: list[dict]) -> dict:
+    """One variant over its rounds: the median step, the highest peak; each round's step kept for the paired ratios."""
+    step_s = statistics.median(r["step_s"] for r in rounds)
+    rows = rounds[0]["samples_per_s"] * rounds[0]["step_s"]
+    return {"trainer": trainer, "backend": backend, "ranks": ranks, **strip(rounds[0]), "step_s": step_s, "samples_per_s": rows / step_s,
+            "peak_rss_mb": max(r["peak_rss_mb"] for r in rounds), "rss_growth_mb": statistics.median(r["rss_growth_mb"] for r in rounds),
+            "round_step_s": [r["step_s"] for r in rounds]}
+
+
 def run_all(args) -> dict:
     kit = cache_root() / "kit"
     if not (kit / "squad" / "train.json").exists():
@@ -392,40 +430,49 @@ def run_all(args) -> dict:
     try:
         prepare(work, kit, args)
         _, _, ft = load(work)
-        _, _, dev = load(work, "dev")
+        _, _, learn_ft = load(work, recipe=LEARN)
+        _, _, dev = load(work, "dev", LEARN)
         parts = set(args.parts)
         # item 5 first: its store is the offline KD's
         if parts & {"predict", "distill"}:
             out["predict"] = {"road_ds": b.launch("road-predict"), "hf": b.launch("hf-predict")}
             for i in range(1, max(args.teachers_list)):
                 shutil.copytree(work / "store0", work / f"store{i}")
-        # item 1: step time and memory
-        # item 1: step time and memory; the Trainer on DeepSpeed ZeRO-2 where it runs, and as most of its users run it: without
-        hf_errors = {}
+        # item 1: step time and memory, in paired rounds (each round runs every variant once, the order reversed
+        # every other round, so a slow spell of the machine falls on both sides); the Trainer on DeepSpeed ZeRO-2
+        # where it runs, and as most of its users run it: without
+        failed: dict = {}  # (ranks, trainer, backend) -> the error of its first failed launch; not run again
         for ranks in args.ranks if "train" in parts else ():
-            r = b.launch("road-train", ranks, "deepspeed" if ranks > 1 else "python")
-            out["train"].append({"trainer": "road_ds", "backend": "deepspeed-zero2", "ranks": ranks, **strip(r)})
-            h = b.launch("hf-train", ranks, "deepspeed", ("--hf-deepspeed",), tag="-ds")
-            if "error" in h or not h.get("deepspeed_enabled"):
-                hf_errors[f"deepspeed --num_gpus {ranks}"] = h.get("error", "the Trainer ran without DeepSpeed")
-            else:
-                out["train"].append({"trainer": "hf", "backend": "deepspeed-zero2", "ranks": ranks, **strip(h)})
-            h = b.launch("hf-train", ranks, "torchrun" if ranks > 1 else "python")
-            out["train"].append({"trainer": "hf", "backend": "ddp-gloo" if ranks > 1 else "torch (1 process)", "ranks": ranks, **strip(h)})
+            variants = [("road_ds", "deepspeed-zero2", "road-train", "deepspeed" if ranks > 1 else "python", ()),
+                        ("hf", "deepspeed-zero2", "hf-train", "deepspeed", ("--hf-deepspeed",)),
+                        ("hf", "ddp-gloo" if ranks > 1 else "torch (1 process)", "hf-train", "torchrun" if ranks > 1 else "python", ())]
+            rounds: dict = {}
+            for k in range(args.rounds):
+                for trainer, backend, variant, launcher, extra in variants if k % 2 == 0 else variants[::-1]:
+                    if (ranks, trainer, backend) in failed:
+                        continue
+                    r = b.launch(variant, ranks, launcher, extra, tag=f"-{backend.split()[0]}-r{k}")
+                    if "error" in r or (extra and not r.get("deepspeed_enabled")):
+                        failed[(ranks, trainer, backend)] = r.get("error", "the Trainer ran without DeepSpeed")
+                        continue
+                    rounds.setdefault((trainer, backend), []).append(r)
+            for (trainer, backend), rs in rounds.items():
+                if len(rs) == args.rounds:
+                    out["train"].append(paired_row(trainer, backend, ranks, rs))
+        out["errors"] = {f"{t} on {b_}, {r} rank(s)": e for (r, t, b_), e in failed.items()}
         out["hf_backend"] = sorted({r["backend"] for r in out["train"] if r["trainer"] == "hf"})
-        out["hf_deepspeed_errors"] = hf_errors
         # item 2: distillation at 1 rank, the Trainer on DeepSpeed when it ran there (as road_ds), else plain
-        hf_ds = "deepspeed --num_gpus 1" not in hf_errors
+        hf_ds = (1, "hf", "deepspeed-zero2") not in failed
         for m in args.teachers_list if "distill" in parts else ():
             r = b.launch("road-train", 1, extra=("--teachers", str(m)), tag=f"-kd{m}")
             out["distill"].append({"trainer": "road_ds offline", "M": m, "backend": "deepspeed-zero2", **strip(r)})
             h = b.launch("hf-train", 1, "deepspeed" if hf_ds else "python", ("--teachers", str(m), *(("--hf-deepspeed",) if hf_ds else ())), tag=f"-kd{m}")
             out["distill"].append({"trainer": "hf online", "M": m, "backend": "deepspeed-zero2" if hf_ds else "torch (1 process)", **strip(h)})
         # learning
-        learn: dict = {"updates": args.learn_steps, "rows_per_update": args.micro_batch * args.accum}
+        learn: dict = {"updates": args.learn_steps, "rows_per_update": args.micro_batch * args.accum, "lr": args.lr, "dev_examples": len(dev.examples)}
         if args.learn_steps and "learning" in parts:
             run_dir = work / "learn-road"
-            cmd = [sys.executable, str(REPO / "road_ds" / "train.py"), "--recipe", str(work / "student.yaml"), "--output-dir", str(run_dir),
+            cmd = [sys.executable, str(REPO / "road_ds" / "train.py"), "--recipe", str(work / LEARN), "--output-dir", str(run_dir),
                    "--deepspeed", str(ZERO2), "--set", f"train.max_steps={args.learn_steps}", "--set", "train.eval_every=0"]
             b.commands.append(" ".join(cmd))
             t0 = time.time()
@@ -444,9 +491,11 @@ def run_all(args) -> dict:
             learn["skipped"] = "--learn-steps 0" if not args.learn_steps else "not in --parts"
         out["learning"] = learn
         out["settings"] = {
-            "task": "extractive QA, SQuAD v1.1 (kit slice; no unanswerable questions: all-null F1 is 0)", "model": "minilm-l6 (all-MiniLM-L6-v2)",
-            "max_seq_length": 192, "doc_stride": 64, "max_query_length": 48, "precision": "fp32",
-            "train_examples": args.train_rows, "train_features": len(ft), "dev_examples": len(dev.examples), "dev_features": len(dev),
+            "task": "extractive QA, SQuAD v1.1 (kit slice; no unanswerable questions: all-null F1 is 0)", "model": args.student,
+            "teachers": args.teacher or args.student, "max_seq_length": 192, "doc_stride": 64, "max_query_length": 48,
+            "precision": "bf16" if torch.cuda.is_available() else "fp32",
+            "train_examples": args.train_rows, "train_features": len(ft), "learning_train_examples": args.learn_rows,
+            "learning_train_features": len(learn_ft), "dev_examples": len(dev.examples), "dev_features": len(dev),
             "micro_batch": args.micro_batch, "gradient_accumulation": args.accum, "lr": args.lr, "weight_decay": 0.01, "betas": [0.9, 0.999],
             "eps": 1e-6, "grad_clip": 1.0, "schedule": "linear warm-up + linear decay to 0", "warmup_steps": args.learn_steps // 10, "seed": 0,
             "warmup_steps_untimed": args.warmup, "timed_steps": args.steps, "dataloader_workers": 1,
@@ -482,19 +531,23 @@ def run_all(args) -> dict:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", help="the result JSON")
-    p.add_argument("--steps", type=int, default=8, help="timed optimizer steps per speed variant")
+    p.add_argument("--steps", type=int, default=6, help="timed optimizer steps per speed variant")
     p.add_argument("--warmup", type=int, default=2, help="untimed optimizer steps before them")
+    p.add_argument("--rounds", type=int, default=2, help="paired rounds of the training-step variants (each runs once a round)")
     p.add_argument("--learn-steps", type=int, default=100, help="optimizer steps of each learning row (0: skip)")
     p.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS), help="what to run (distill runs predict: its stores)")
     p.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
     p.add_argument("--teachers-list", type=int, nargs="+", default=[1, 3])
+    p.add_argument("--student", default="minilm-l6", help="a kit model name, a model dir, or a size preset: " + ", ".join(PRESETS))
+    p.add_argument("--teacher", help="the distillation rows' teachers (default: the student's model)")
     p.add_argument("--micro-batch", type=int, default=8)
     p.add_argument("--accum", type=int, default=2)
-    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--learn-support-ce", action="store_true",
                    help="learning: also train the Trainer on road_ds's span loss (CE over context + [CLS]), the diagnostic for a gap")
-    p.add_argument("--train-rows", type=int, default=2000, help="train questions (the learning rows see micro × accum × learn-steps features)")
-    p.add_argument("--dev-rows", type=int, default=300, help="dev questions (0: the kit's whole dev set)")
+    p.add_argument("--train-rows", type=int, default=1000, help="train questions of the speed, distillation and logits rows")
+    p.add_argument("--learn-rows", type=int, default=2000, help="train questions of the learning rows (they see micro × accum × learn-steps features)")
+    p.add_argument("--dev-rows", type=int, default=1000, help="dev questions the learning rows are scored on (0: the kit's whole dev set)")
     p.add_argument("--work", help="work dir (default: a temp dir, removed at the end)")
     p.add_argument("--keep-work", action="store_true")
     # one variant, in its own process (the benchmark starts these itself)

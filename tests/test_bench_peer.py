@@ -1,6 +1,7 @@
 """The peer bench's loader of the Hugging Face examples' QA code: the nested feature functions of a
 run_qa.py are compiled from their own source with the closure names they read, and a file of
-another shape stops with a message saying what is missing and how to get the real one."""
+another shape stops with a message saying what is missing and how to get the real one. Its report:
+step ratios from paired rounds, and a missed learning target explained."""
 
 from __future__ import annotations
 
@@ -50,3 +51,33 @@ def test_a_run_qa_of_another_shape_or_none_stops_with_the_reason(tmp_path):
     (tmp_path / "run_qa.py").write_text(RUN_QA.replace("data_args.doc_stride", "data_args.new_field + secret"))
     with pytest.raises(SystemExit, match=r"secret, data_args.new_field"):
         run_qa_feature_functions(tmp_path, tok, 192, 64)
+
+
+def _step_row(trainer, backend, rounds, ranks=1):
+    step = sorted(rounds)[len(rounds) // 2]
+    return {"trainer": trainer, "backend": backend, "ranks": ranks, "step_s": step, "samples_per_s": 16 / step, "peak_rss_mb": 1000.0,
+            "rss_growth_mb": 500.0, "round_step_s": rounds}
+
+
+def test_step_ratios_pair_the_rounds_and_a_missed_learning_target_is_explained():
+    from peer_bench import report, train_targets
+
+    # round 1: road_ds 1.8 s against 2.4 s; round 2 (the machine slower for both): 3.0 against 3.3. Unpaired medians of
+    # different rounds could say anything; each round's ratio says road_ds is faster: 2.4/1.8 = 1.333, 3.3/3.0 = 1.1
+    ours, hf = _step_row("road_ds", "deepspeed-zero2", [1.8, 3.0]), _step_row("hf", "torch (1 process)", [2.4, 3.3])
+    learning = {"updates": 100, "rows_per_update": 16, "lr": 3e-4, "dev_examples": 1000, "road_ds": {"f1": 40.0, "exact": 30.0},
+                "hf": {"f1": 15.0, "exact": 9.0}, "hf_support_ce": {"f1": 41.0, "exact": 31.0}}
+    train = {"train": [ours, hf], "learning": learning}
+    targets = train_targets(train)
+    step = next(t for t in targets if "samples/s" in t["name"])
+    assert step["value"] == pytest.approx((2.4 / 1.8 + 3.3 / 3.0) / 2, abs=1e-3) and step["met"] and "2 paired rounds" in step["name"]
+    learn = next(t for t in targets if t["name"].startswith("learning"))
+    assert learn["value"] == 25.0 and not learn["met"]
+    md = report({"targets": targets, "machine": "x", "versions": {}, "commands": {"make": "make bench-peer", "train": "t", "qa": None},
+                 "minutes": {"total": 1.0}, "train": train, "qa": {}})
+    assert "1.800 / 3.000" in md and "HF Trainer on road_ds's span loss (diagnostic) 41.0 / 31.0" in md
+    assert "Why the learning rows differ" in md and "Here: 41.0 F1 against road_ds's 40.0" in md
+    del learning["hf_support_ce"]
+    md = report({"targets": targets, "machine": "x", "versions": {}, "commands": {"make": "make bench-peer", "train": "t", "qa": None},
+                 "minutes": {"total": 1.0}, "train": train, "qa": {}})
+    assert "--learn-support-ce --out learn.json" in md and "Here:" not in md
