@@ -418,6 +418,12 @@ def main() -> None:
     print(Path(args.out).read_text())
 
 
+def round_ratios(times: list[float], base: list[float]) -> list[float]:
+    """Per-round ratios times[i] / base[i], sorted. The two ran back to back in each round, so a slow
+    spell of the machine falls on both: the median of these is the ratio, their spread its noise."""
+    return sorted(t / b for t, b in zip(times, base, strict=True))
+
+
 def quartiles(xs: list[float]) -> tuple[float, float]:
     q = statistics.quantiles(xs, n=4)
     return q[0], q[2]
@@ -431,9 +437,8 @@ def report(args, runs: dict, paired: dict, profile: list, scaling: list, through
               for f in ("peak_rss_mb", "worker_uss_mb", "peak_gpu_mb", "rss_after_setup_mb", "rss_growth_mb", "gpu_growth_mb")}
            for k, rs in runs.items()}
     base = med[("nokd", 0)]
-    # step-time ratios paired within a round (its variants run back to back, so pairing cancels the
-    # machine's slower drift): their median, and their spread as the noise the ratio carries
-    by_round = {k: sorted(r["step_s"] / b["step_s"] for r, b in zip(rs, runs[("nokd", 0)])) for k, rs in runs.items()}
+    # step-time ratios paired within a round: their median, and their spread as the noise the ratio carries
+    by_round = {k: round_ratios([r["step_s"] for r in rs], [b["step_s"] for b in runs[("nokd", 0)]]) for k, rs in runs.items()}
     mem = "peak_gpu_mb" if gpu else "peak_rss_mb"
     grow = "gpu_growth_mb" if gpu else "rss_growth_mb"
     name = {"nokd": "(a) no KD", "offline": "(b) offline KD, stores", "online": "(c) online KD, resident teachers"}

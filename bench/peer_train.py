@@ -9,9 +9,12 @@ linear decay, gradient clipping and seed on both sides. Every variant runs in it
 its peak memory is its own); this process prepares the work dir and collects their JSON.
 
   train:   road_ds: the trainer's own `setup` and `train_step` (ZeRO-2; 2 ranks: the deepspeed launcher);
-           HF: `Trainer.train()` on the same feature rows (DeepSpeed ZeRO-2 where the Trainer runs it, else DDP/gloo).
+           HF: `Trainer.train()` on the same feature rows on DeepSpeed ZeRO-2 (--hf-plain: also without it, one
+           process or DDP over gloo); every side on one AdamW (`same_adamw`).
   learning: road_ds's full `fit` (its eval_results.json) against `Trainer.train()`, both scored by
-           road_ds.evaluate.evaluate_split on the same dev features (the HF model wrapped as the forward callable).
+           road_ds.evaluate.evaluate_split on the same dev features (the HF model wrapped as the forward callable):
+           the Trainer matched to road_ds (its span loss, schedule, seeded start and row order; every encoder
+           without dropout), and (--learn-peers own-loss) as its users run it.
   distill: road_ds offline KD from M stores against the usual online-KD `Trainer` subclass with M resident teachers.
   predict: road_ds's precompute (top-k 8, float16) against `Trainer.predict` + `np.save` of float32 logits.
 """
@@ -68,13 +71,32 @@ def hf_qa_model(spec, path: str | None = None):
     return AutoModelForQuestionAnswering.from_pretrained(path or spec.name_or_path)
 
 
-LEARN = "learn.yaml"  # the learning rows' recipe: more train questions, and the dev slice they are scored on
+LEARN = "learn.yaml"  # the learning rows' recipe: more train questions, the dev slice they are scored on, no dropout
 
 
-def student_recipe(work: Path, kit: Path, args, train_rows: int, dev_rows: int | None = None) -> dict:
+def without_dropout(spec: dict, work: Path) -> dict:
+    """The model spec with every dropout probability 0 (in its config, or in a copy of its pretrained
+    dir's config.json beside links to the rest): the learning rows' forward is then the same function
+    on every side, so the matched row compares the trainers, not dropout's random draws."""
+    def zero(cfg: dict) -> dict:
+        return {k: 0.0 if "dropout" in k and isinstance(v, float) else v for k, v in cfg.items()}
+
+    if spec.get("config"):
+        return {**spec, "config": zero({"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0, **spec["config"]})}
+    src, dst = Path(spec["name_or_path"]), work / "encoder-without-dropout"
+    dst.mkdir(exist_ok=True)
+    for f in src.iterdir():
+        if f.name != "config.json" and not (dst / f.name).exists():
+            (dst / f.name).symlink_to(f.resolve())
+    (dst / "config.json").write_text(json.dumps(zero(json.loads((src / "config.json").read_text())), indent=1))
+    return {**spec, "name_or_path": str(dst)}
+
+
+def student_recipe(work: Path, kit: Path, args, train_rows: int, dev_rows: int | None = None, learning: bool = False) -> dict:
     """The bench's QA student; the speed, distillation and logits rows read `train_rows` questions, learning its own."""
+    spec = model_spec(args.student, kit)
     return {
-        "model": model_spec(args.student, kit),
+        "model": without_dropout(spec, work) if learning else spec,
         "features": {"max_seq_length": 192, "doc_stride": 64, "max_query_length": 48, "cache_dir": str(work / "features")},
         "datasets": [{"name": DATASET, "task": "extractive_qa", "format": "squad_json",
                       "files": {"train": str(kit / "squad" / "train.json"), "dev": str(kit / "squad" / "dev.json")},
@@ -103,18 +125,35 @@ def hf_dataset(ft, labels: bool = True):
     return ds.map(lambda b: {"attention_mask": [[1] * len(x) for x in b["input_ids"]]}, batched=True)
 
 
-def teacher_hf_dir(work: Path) -> Path:
+def export_dir(export: Path) -> Path:
+    """The `from_pretrained` dir of a road_ds export's (one) head."""
     from road_ds.model import EXPORT_INDEX
 
-    index = json.loads((work / "teacher" / EXPORT_INDEX).read_text())["heads"]
-    return work / "teacher" / next(iter(index.values()))["dir"]
+    index = json.loads((export / EXPORT_INDEX).read_text())["heads"]
+    return export / next(iter(index.values()))["dir"]
 
 
 # ---------------------------------------------------------------------------- road_ds variants (their own processes)
 
 
+def same_adamw() -> dict:
+    """The optimizer params that give every side one AdamW: on CPU torch's fused one (the Trainer's own
+    default; DeepSpeed builds it from `torch_adam` + `fused`, where road_ds's CPU default, `torch_adam`
+    alone, gives the per-op one); on a GPU DeepSpeed's fused Adam and the Trainer's default, as shipped."""
+    return {} if torch.cuda.is_available() else {"torch_adam": True, "fused": True}
+
+
+def road_ds_config(work: Path) -> Path:
+    """ds_configs/zero2.json with `same_adamw`: the config road_ds's rows train with."""
+    cfg = json.loads(ZERO2.read_text())
+    cfg["optimizer"]["params"].update(same_adamw())
+    path = work / "zero2.json"
+    path.write_text(json.dumps(cfg, indent=1))
+    return path
+
+
 def road_setup(args, sets: list[str]):
-    return trainer_run(Path(args.work), args.result, str(ZERO2), [*sets, f"train.max_steps={args.warmup + args.steps}"])
+    return trainer_run(Path(args.work), args.result, str(Path(args.work) / "zero2.json"), [*sets, f"train.max_steps={args.warmup + args.steps}"])
 
 
 def road_train(args) -> None:
@@ -158,7 +197,7 @@ def road_predict(args) -> None:
 # ---------------------------------------------------------------------------- HF variants (their own processes)
 
 
-def training_args(args, out: Path, max_steps: int, warmup: int, deepspeed: dict | None):
+def training_args(args, out: Path, max_steps: int, warmup: int, deepspeed: dict | None, **extra):
     from transformers import TrainingArguments
 
     kw = {"deepspeed": deepspeed} if deepspeed else {}
@@ -167,14 +206,14 @@ def training_args(args, out: Path, max_steps: int, warmup: int, deepspeed: dict 
         learning_rate=args.lr, weight_decay=0.01, adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-6, max_grad_norm=1.0,
         lr_scheduler_type="linear", warmup_steps=warmup, max_steps=max_steps, seed=0, logging_steps=10, save_strategy="no",
         report_to=[], dataloader_num_workers=1, use_cpu=not torch.cuda.is_available(), bf16=torch.cuda.is_available(), per_device_eval_batch_size=64,
-        disable_tqdm=True, ddp_backend="gloo" if not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", 1)) > 1 else None, **kw)
+        disable_tqdm=True, ddp_backend="gloo" if not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", 1)) > 1 else None, **kw, **extra)
 
 
 def hf_ds_config() -> dict:
     """ZeRO-2 as an HF user writes it for the Trainer: the batch and optimizer fields left to "auto"."""
     return {"train_batch_size": "auto", "train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
             "gradient_clipping": "auto", "optimizer": {"type": "AdamW", "params": {"lr": "auto", "betas": "auto", "eps": "auto", "weight_decay": "auto",
-                                                                                   **({} if torch.cuda.is_available() else {"torch_adam": True})}},
+                                                                                   **same_adamw()}},
             "scheduler": {"type": "WarmupDecayLR", "params": {"warmup_min_lr": 0, "warmup_max_lr": "auto", "warmup_num_steps": "auto",
                                                              "total_num_steps": "auto"}},
             "bf16": {"enabled": "auto"},
@@ -242,13 +281,22 @@ def kd_trainer_class():
     return DistillTrainer
 
 
-def support_ce_trainer_class(sep_id: int):
-    """The Trainer with road_ds's span loss in place of the model's: start/end CE over the support
-    (context tokens and [CLS]) only. Not how users run it: the diagnostic for the learning gap."""
+def matched_trainer_class(sep_id: int):
+    """The Trainer with road_ds's span loss in place of the model's (start/end CE over the support:
+    context tokens and [CLS]) and road_ds's warm-up + linear decay (its first update at lr/warmup,
+    where transformers' linear schedule starts at 0): the matched learning row's objective and steps."""
     import torch.nn.functional as F
     from transformers import Trainer
 
-    class SupportCETrainer(Trainer):
+    from road_ds.train import lr_lambda
+
+    class MatchedTrainer(Trainer):
+        def create_scheduler(self, num_training_steps, optimizer=None):
+            if self.lr_scheduler is None:
+                warmup = self.args.get_warmup_steps(num_training_steps)
+                self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer or self.optimizer, lr_lambda(warmup, num_training_steps))
+            return self.lr_scheduler
+
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             gold = {k: inputs[k] for k in ("start_positions", "end_positions")}
             out = model(**{k: v for k, v in inputs.items() if k not in gold})
@@ -259,24 +307,37 @@ def support_ce_trainer_class(sep_id: int):
                        for side in ("start", "end")) / 2
             return (loss, out) if return_outputs else loss
 
-    return SupportCETrainer
+    return MatchedTrainer
 
 
-def hf_trainer(args, max_steps: int, warmup: int, deepspeed: dict | None, callbacks=(), teachers: int = 0, support_ce: bool = False,
+def road_order(work: Path, steps: int) -> list[int]:
+    """The feature rows road_ds's fit of the learning recipe takes in `steps` updates, in its order
+    (its MTL sampler with the recipe's seed, on one rank)."""
+    from road_ds.loader import schedule_kwargs
+    from road_ds.schedule import MTLSampler
+
+    recipe, _, ft = load(work, recipe=LEARN)
+    sampler = MTLSampler(**schedule_kwargs(recipe, {DATASET: ft}, 1, 0))
+    return [int(i) for _ in range(steps) for _, rows in sampler.next_step() for i in rows]
+
+
+def hf_trainer(args, max_steps: int, warmup: int, deepspeed: dict | None, callbacks=(), teachers: int = 0, matched: bool = False,
                recipe_name: str = "student.yaml"):
+    """The Trainer on the bench's features. `matched`: on road_ds's span loss, from road_ds's seeded
+    start (the learning recipe's model as its fit builds it) and fed road_ds's rows in road_ds's order."""
     from transformers import DataCollatorWithPadding, Trainer, set_seed
 
     work = Path(args.work)
     recipe, tok, ft = load(work, recipe=recipe_name)
     set_seed(0)
-    model = hf_qa_model(recipe.model)
-    kw, cls = {}, Trainer
+    model = hf_qa_model(recipe.model, str(export_dir(work / "learn-start")) if matched else None)
+    kw, cls, data, order = {}, Trainer, hf_dataset(ft), {}
     if teachers:
-        kw, cls = {"teachers": [hf_qa_model(recipe.model, str(teacher_hf_dir(work))).eval() for _ in range(teachers)]}, kd_trainer_class()
-    elif support_ce:
-        cls = support_ce_trainer_class(tok.sep_token_id)
-    targs = training_args(args, work / "hf-runs" / Path(args.result).stem, max_steps, warmup, deepspeed)
-    trainer = cls(model=model, args=targs, train_dataset=hf_dataset(ft), data_collator=DataCollatorWithPadding(tok), callbacks=list(callbacks), **kw)
+        kw, cls = {"teachers": [hf_qa_model(recipe.model, str(export_dir(work / "teacher"))).eval() for _ in range(teachers)]}, kd_trainer_class()
+    elif matched:
+        cls, data, order = matched_trainer_class(tok.sep_token_id), data.select(road_order(work, max_steps)), {"train_sampling_strategy": "sequential"}
+    targs = training_args(args, work / "hf-runs" / Path(args.result).stem, max_steps, warmup, deepspeed, **order)
+    trainer = cls(model=model, args=targs, train_dataset=data, data_collator=DataCollatorWithPadding(tok), callbacks=list(callbacks), **kw)
     return trainer, recipe, tok
 
 
@@ -295,7 +356,7 @@ def hf_learn(args) -> None:
     """Trainer.train() for --learn-steps, then road_ds's own scoring of the HF model's logits on the dev features."""
     from road_ds.evaluate import evaluate_split
 
-    trainer, recipe, tok = hf_trainer(args, args.learn_steps, args.learn_steps // 10, None, support_ce=args.hf_support_ce, recipe_name=LEARN)
+    trainer, recipe, tok = hf_trainer(args, args.learn_steps, args.learn_steps // 10, None, matched=args.hf_matched, recipe_name=LEARN)
     t0 = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - t0
@@ -320,9 +381,8 @@ def hf_predict(args) -> None:
     _, tok, ft = load(work)
     ds = hf_dataset(ft, labels=False)
     t0 = time.perf_counter()
-    model = AutoModelForQuestionAnswering.from_pretrained(str(teacher_hf_dir(work)))
-    if torch.cuda.is_available():
-        model = model.to(torch.bfloat16)  # as road_ds's precompute runs a teacher on a GPU
+    model = AutoModelForQuestionAnswering.from_pretrained(str(export_dir(work / "teacher")))  # fp32 weights; on a GPU the Trainer's
+    # bf16 runs them under autocast, as road_ds's precompute does
     trainer = Trainer(model=model, args=training_args(args, work / "hf-predict", 1, 0, None), data_collator=DataCollatorWithPadding(tok))
     start, end = trainer.predict(ds).predictions
     out = work / "hf-logits"
@@ -336,6 +396,8 @@ def hf_predict(args) -> None:
                                              "peak_rss_mb": peak_rss_mb()}))
 
 
+# the Trainer's learning rows: (result key, hf-learn's flags)
+LEARN_PEERS = {"matched": ("hf_matched", ("--hf-matched",)), "own-loss": ("hf", ())}
 VARIANTS = {"road-train": road_train, "road-predict": road_predict, "hf-train": hf_train, "hf-learn": hf_learn, "hf-predict": hf_predict}
 
 
@@ -343,18 +405,23 @@ VARIANTS = {"road-train": road_train, "road-predict": road_predict, "hf-train": 
 
 
 def prepare(work: Path, kit: Path, args) -> None:
-    """The recipe, the features (train and dev, cached), and a teacher export (an untrained QA head)."""
+    """The recipes, the features (train and dev, cached), a teacher export (an untrained QA head), and
+    the learning recipe's model as road_ds's fit starts it (seeded, then built), for the matched Trainer."""
+    from road_ds.checkpoint import set_seed
     from road_ds.model import build_model
     from road_ds.recipe import parse_recipe
 
     recipe_dict = student_recipe(work, kit, args, args.train_rows)
     (work / "student.yaml").write_text(yaml.safe_dump(recipe_dict))
-    (work / LEARN).write_text(yaml.safe_dump(student_recipe(work, kit, args, args.learn_rows, args.dev_rows)))
+    (work / LEARN).write_text(yaml.safe_dump(student_recipe(work, kit, args, args.learn_rows, args.dev_rows, learning=True)))
     _, tok, _ = load(work)
-    load(work, recipe=LEARN)
+    learn, _, _ = load(work, recipe=LEARN)
     load(work, "dev", LEARN)
+    road_ds_config(work)
+    set_seed(learn.train.seed)  # as road_ds/train.py's setup, right before it builds the model
+    build_model(learn).export(work / "learn-start", tok)
     torch.manual_seed(1)  # the teacher's encoder, a fresh QA head: a teacher for speed and memory, not for what it knows
-    teacher = {**recipe_dict, "model": model_spec(args.teacher or args.student, kit)}
+    teacher = {**recipe_dict, "model": model_spec(args.teacher, kit)}
     build_model(parse_recipe(teacher, work / "student.yaml")).export(work / "teacher", tok)
 
 
@@ -368,7 +435,7 @@ class Bench:
         result = self.work / f"result-{variant}-{ranks}{tag}.json"
         cmd = [str(REPO / "bench" / "peer_train.py"), "--variant", variant, "--work", str(self.work), "--result", str(result),
                "--steps", str(a.steps), "--warmup", str(a.warmup), "--learn-steps", str(a.learn_steps), "--micro-batch", str(a.micro_batch),
-               "--accum", str(a.accum), "--lr", str(a.lr), "--student", a.student, "--teacher", a.teacher or a.student,
+               "--accum", str(a.accum), "--lr", str(a.lr), "--student", a.student, "--teacher", a.teacher,
                "--train-rows", str(a.train_rows), "--learn-rows", str(a.learn_rows), "--dev-rows", str(a.dev_rows), *extra]
         env = {**os.environ, "PYTHONWARNINGS": "ignore", "TOKENIZERS_PARALLELISM": "false",
                "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // ranks))}  # the cores, shared between the ranks
@@ -408,10 +475,9 @@ def strip(r: dict) -> dict:
     return {k: v for k, v in r.items() if k != "steps"}
 
 
-def paired_row(trainer: str, backend: str, ranks: int, rounds: list[dict]) -> dict:
-    """One variant over its rounds: the median step, the highest peak; each round's step kept for the paired ratios."""
+def paired_row(trainer: str, backend: str, ranks: int, rows: int, rounds: list[dict]) -> dict:
+    """One variant over its rounds (`rows` a step): the median step, the highest peak; each round's step kept for the paired ratios."""
     step_s = statistics.median(r["step_s"] for r in rounds)
-    rows = rounds[0]["samples_per_s"] * rounds[0]["step_s"]
     return {"trainer": trainer, "backend": backend, "ranks": ranks, **strip(rounds[0]), "step_s": step_s, "samples_per_s": rows / step_s,
             "peak_rss_mb": max(r["peak_rss_mb"] for r in rounds), "rss_growth_mb": statistics.median(r["rss_growth_mb"] for r in rounds),
             "round_step_s": [r["step_s"] for r in rounds]}
@@ -439,13 +505,14 @@ def run_all(args) -> dict:
             for i in range(1, max(args.teachers_list)):
                 shutil.copytree(work / "store0", work / f"store{i}")
         # item 1: step time and memory, in paired rounds (each round runs every variant once, the order reversed
-        # every other round, so a slow spell of the machine falls on both sides); the Trainer on DeepSpeed ZeRO-2
-        # where it runs, and as most of its users run it: without
+        # every other round, so a slow spell of the machine falls on both sides); the Trainer on DeepSpeed ZeRO-2,
+        # and with --hf-plain also without it (one process; DDP over gloo)
         failed: dict = {}  # (ranks, trainer, backend) -> the error of its first failed launch; not run again
         for ranks in args.ranks if "train" in parts else ():
             variants = [("road_ds", "deepspeed-zero2", "road-train", "deepspeed" if ranks > 1 else "python", ()),
-                        ("hf", "deepspeed-zero2", "hf-train", "deepspeed", ("--hf-deepspeed",)),
-                        ("hf", "ddp-gloo" if ranks > 1 else "torch (1 process)", "hf-train", "torchrun" if ranks > 1 else "python", ())]
+                        ("hf", "deepspeed-zero2", "hf-train", "deepspeed", ("--hf-deepspeed",))]
+            if args.hf_plain:
+                variants.append(("hf", "ddp-gloo" if ranks > 1 else "torch (1 process)", "hf-train", "torchrun" if ranks > 1 else "python", ()))
             rounds: dict = {}
             for k in range(args.rounds):
                 for trainer, backend, variant, launcher, extra in variants if k % 2 == 0 else variants[::-1]:
@@ -458,7 +525,7 @@ def run_all(args) -> dict:
                     rounds.setdefault((trainer, backend), []).append(r)
             for (trainer, backend), rs in rounds.items():
                 if len(rs) == args.rounds:
-                    out["train"].append(paired_row(trainer, backend, ranks, rs))
+                    out["train"].append(paired_row(trainer, backend, ranks, args.micro_batch * args.accum * ranks, rs))
         out["errors"] = {f"{t} on {b_}, {r} rank(s)": e for (r, t, b_), e in failed.items()}
         out["hf_backend"] = sorted({r["backend"] for r in out["train"] if r["trainer"] == "hf"})
         # item 2: distillation at 1 rank, the Trainer on DeepSpeed when it ran there (as road_ds), else plain
@@ -473,7 +540,7 @@ def run_all(args) -> dict:
         if args.learn_steps and "learning" in parts:
             run_dir = work / "learn-road"
             cmd = [sys.executable, str(REPO / "road_ds" / "train.py"), "--recipe", str(work / LEARN), "--output-dir", str(run_dir),
-                   "--deepspeed", str(ZERO2), "--set", f"train.max_steps={args.learn_steps}", "--set", "train.eval_every=0"]
+                   "--deepspeed", str(work / "zero2.json"), "--set", f"train.max_steps={args.learn_steps}", "--set", "train.eval_every=0"]
             b.commands.append(" ".join(cmd))
             t0 = time.time()
             r = subprocess.run(cmd, cwd=REPO, env={**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": str(os.cpu_count() or 1)},
@@ -484,15 +551,15 @@ def run_all(args) -> dict:
                 learn["road_ds"] = {"f1": e["f1"], "exact": e["exact"], "wall_s": time.time() - t0}
             else:
                 learn["road_ds"] = {"error": first_error(r.stdout)}
-            learn["hf"] = b.launch("hf-learn")
-            if args.learn_support_ce:
-                learn["hf_support_ce"] = b.launch("hf-learn", extra=("--hf-support-ce",), tag="-support-ce")
+            for peer in args.learn_peers:
+                key, extra = LEARN_PEERS[peer]
+                learn[key] = b.launch("hf-learn", extra=extra, tag=f"-{peer}")
         else:
             learn["skipped"] = "--learn-steps 0" if not args.learn_steps else "not in --parts"
         out["learning"] = learn
         out["settings"] = {
             "task": "extractive QA, SQuAD v1.1 (kit slice; no unanswerable questions: all-null F1 is 0)", "model": args.student,
-            "teachers": args.teacher or args.student, "max_seq_length": 192, "doc_stride": 64, "max_query_length": 48,
+            "teachers": args.teacher, "max_seq_length": 192, "doc_stride": 64, "max_query_length": 48,
             "precision": "bf16" if torch.cuda.is_available() else "fp32",
             "train_examples": args.train_rows, "train_features": len(ft), "learning_train_examples": args.learn_rows,
             "learning_train_features": len(learn_ft), "dev_examples": len(dev.examples), "dev_features": len(dev),
@@ -500,7 +567,9 @@ def run_all(args) -> dict:
             "eps": 1e-6, "grad_clip": 1.0, "schedule": "linear warm-up + linear decay to 0", "warmup_steps": args.learn_steps // 10, "seed": 0,
             "warmup_steps_untimed": args.warmup, "timed_steps": args.steps, "dataloader_workers": 1,
             "omp_threads_per_rank": {str(r): max(1, (os.cpu_count() or 1) // r) for r in args.ranks},
-            "road_ds": "road_ds.train.setup + train_step (ZeRO-2 ds_configs/zero2.json, torch AdamW on CPU); learning: road_ds/train.py fit",
+            "road_ds": "road_ds.train.setup + train_step (ZeRO-2: ds_configs/zero2.json with same_adamw's optimizer params); learning: road_ds/train.py fit",
+            "optimizer": ("AdamW: torch's fused one on every side (the Trainer's default; torch_adam + fused in both DeepSpeed configs)" if same_adamw()
+                          else "AdamW: DeepSpeed's fused Adam in both DeepSpeed runs, torch's fused AdamW in the Trainer without DeepSpeed"),
             "hf": "transformers.Trainer, AutoModelForQuestionAnswering, DataCollatorWithPadding (dynamic padding, as road_ds's collate)",
             "hf_features": "the SAME feature rows road_ds built (its feature cache via road_ds.features.build_features), as a datasets.Dataset "
                            "with input_ids/attention_mask/token_type_ids/start_positions/end_positions",
@@ -508,7 +577,7 @@ def run_all(args) -> dict:
             "step_time": "median of per-optimizer-step seconds after the untimed warm-up steps; road_ds: kd_bench.timed_step around "
                          "train_step; HF: on_step_end to on_step_end (includes the batch fetch; step_s_begin_to_end excludes it)",
             "samples_per_s": "micro × accumulation × ranks / step_s",
-            "hf_deepspeed_config": hf_ds_config() | {"note": "torch_adam: DeepSpeed's CPU Adam op would compile for minutes first (road_ds sets the same on CPU)"},
+            "hf_deepspeed_config": hf_ds_config(),
             "memory": "peak RSS (ru_maxrss) of the training process (rank 0); growth: peak minus VmRSS after setup (HF: at on_train_begin)",
             "kd": {"temperature": KD_TEMPERATURE, "alpha": KD_ALPHA, "teachers": "MiniLM-L6 shape, random weights (speed and memory only)",
                    "road_ds": "offline: stores from road_ds.precompute (top-k 8, float16), copied M times; kd.combine wkd",
@@ -516,7 +585,16 @@ def run_all(args) -> dict:
             "predict": {"road_ds": "road_ds/precompute.py main --top-k 8 --dtype float16 over the train features (store bytes on disk)",
                         "hf": "Trainer.predict (eval batch 64) + np.save of start and end logits, float32 (bytes on disk)",
                         "timing": "from loading the teacher to the files written"},
-            "differences": ["road_ds's span CE is over the support (context + [CLS]); HF's over every position of the padded row",
+            "learning": "every side's encoder with dropout 0 (the pretrained config's dropout probabilities zeroed), so a forward "
+                        "is the same function on every side",
+            "learning_peers": {"hf_matched": "the Trainer (plain torch, 1 process) with road_ds's span loss (a compute_loss override: CE over "
+                                             "context + [CLS]) and warm-up + linear decay (road_ds.train.lr_lambda), started from road_ds's "
+                                             "seeded model (the learning recipe built after set_seed(seed), as road_ds's fit does, exported) "
+                                             "and fed road_ds's rows in its sampler's order (train_sampling_strategy=sequential); left to "
+                                             "differ: ZeRO-2's flat fp32 buffers against plain torch's tensors (rounding)",
+                               "hf": "the Trainer as its users run it: AutoModelForQuestionAnswering's own loss (CE over every position "
+                                     "of the padded row), its linear schedule, its RandomSampler, its own head init"},
+            "differences (speed rows; the Trainer's own-loss learning row)": ["road_ds's span CE is over the support (context + [CLS]); HF's over every position of the padded row",
                             "road_ds's warm-up is (step+1)/warmup, HF's step/warmup", "the data order: road_ds's MTL sampler vs the Trainer's RandomSampler",
                             "road_ds on DeepSpeed ZeRO-2; HF: see hf_backend"]}
     finally:
@@ -531,23 +609,25 @@ def run_all(args) -> dict:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", help="the result JSON")
-    p.add_argument("--steps", type=int, default=6, help="timed optimizer steps per speed variant")
+    p.add_argument("--steps", type=int, default=4, help="timed optimizer steps per speed variant")
     p.add_argument("--warmup", type=int, default=2, help="untimed optimizer steps before them")
     p.add_argument("--rounds", type=int, default=2, help="paired rounds of the training-step variants (each runs once a round)")
     p.add_argument("--learn-steps", type=int, default=100, help="optimizer steps of each learning row (0: skip)")
     p.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS), help="what to run (distill runs predict: its stores)")
     p.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--hf-plain", action="store_true", help="training step: also the Trainer without DeepSpeed (one process; DDP over gloo at 2 ranks)")
     p.add_argument("--teachers-list", type=int, nargs="+", default=[1, 3])
     p.add_argument("--student", default="minilm-l6", help="a kit model name, a model dir, or a size preset: " + ", ".join(PRESETS))
     p.add_argument("--teacher", help="the distillation rows' teachers (default: the student's model)")
     p.add_argument("--micro-batch", type=int, default=8)
     p.add_argument("--accum", type=int, default=2)
     p.add_argument("--lr", type=float, default=3e-4)
-    p.add_argument("--learn-support-ce", action="store_true",
-                   help="learning: also train the Trainer on road_ds's span loss (CE over context + [CLS]), the diagnostic for a gap")
+    p.add_argument("--learn-peers", nargs="*", choices=sorted(LEARN_PEERS), default=["matched"],
+                   help="the Trainer's learning rows: matched (road_ds's span loss, schedule, seeded start and row order; the default) "
+                        "and own-loss (its model's own loss, as its users run it)")
     p.add_argument("--train-rows", type=int, default=1000, help="train questions of the speed, distillation and logits rows")
     p.add_argument("--learn-rows", type=int, default=2000, help="train questions of the learning rows (they see micro × accum × learn-steps features)")
-    p.add_argument("--dev-rows", type=int, default=1000, help="dev questions the learning rows are scored on (0: the kit's whole dev set)")
+    p.add_argument("--dev-rows", type=int, default=500, help="dev questions the learning rows are scored on (0: the kit's whole dev set)")
     p.add_argument("--work", help="work dir (default: a temp dir, removed at the end)")
     p.add_argument("--keep-work", action="store_true")
     # one variant, in its own process (the benchmark starts these itself)
@@ -555,13 +635,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--result")
     p.add_argument("--teachers", type=int, default=0)
     p.add_argument("--hf-deepspeed", action="store_true")
-    p.add_argument("--hf-support-ce", action="store_true")
+    p.add_argument("--hf-matched", action="store_true")
     p.add_argument("--local_rank", "--local-rank", type=int, default=0, help=argparse.SUPPRESS)
     return p
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    args.teacher = args.teacher or args.student
     if args.variant:
         VARIANTS[args.variant](args)
         return 0

@@ -76,7 +76,10 @@ def _hidden_size(recipe: Recipe) -> int | None:
         return None
 
 
-def _lr_lambda(warmup: int, total: int):
+def lr_lambda(warmup: int, total: int):
+    """The LR multiplier of optimizer step `step` (from 0): a linear warm-up whose first step already
+    moves (1/warmup), then a linear decay to 0 at `total`."""
+
     def f(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
@@ -262,7 +265,7 @@ def build_engine(recipe: Recipe, ds_config: dict):
     checkpoint.set_seed(T.seed)
     model = build_model(recipe)
     groups = param_groups(model, T.lr, T.weight_decay, T.layer_lr_decay)
-    scheduler = lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(T.warmup_steps, T.max_steps))  # noqa: E731
+    scheduler = lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(T.warmup_steps, T.max_steps))  # noqa: E731
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=groups, config=ds_config, lr_scheduler=scheduler)
     return engine
 
